@@ -1,0 +1,302 @@
+"""One frozen configuration tree that drives the model, data, training and scoring.
+
+``Config.preset(name)`` gives a starting point; ``Config.save`` / ``Config.load`` round-trip it
+as JSON (saved beside every trained model as ``config.json``); ``Config.override`` applies
+dotted-key overrides such as ``{"train.objective": 2}``. Unknown keys are errors that name them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ssad.errors import ConfigError
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid config: {message}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Table 1 of the paper; channel counts are multiplied by ``width``."""
+
+    width: float = 1.0
+    encoder_filters: tuple[int, ...] = (32, 64, 128)
+    sdc_blocks: int = 4
+    sdc_filters: int = 64
+    sdc_kernel: int = 5
+    dilation_rates: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    decoder_filters: tuple[tuple[int, int, int], ...] = (
+        (256, 256, 128),
+        (128, 128, 64),
+        (64, 64, 32),
+    )
+
+
+@dataclass(frozen=True)
+class DistortionConfig:
+    """Section 3.2: how a training image is corrupted. Pixel sizes refer to a 256-pixel image
+    and scale with the working resolution."""
+
+    kind: str = "elastic"  # elastic | zeros | swap | none
+    patches_per_image: int = 1
+    patch_size: tuple[float, float] = (0.05, 0.35)  # side, as a fraction of the crop side
+    aspect: tuple[float, float] = (0.5, 2.0)
+    elastic_alpha: tuple[float, float] = (4.0, 12.0)  # displacement scale, px at 256
+    elastic_sigma: tuple[float, float] = (3.0, 6.0)  # displacement smoothness, px at 256
+    mask_sigma: float = 0.15  # shape-mask smoothness, as a fraction of the patch side
+    mask_threshold: tuple[float, float] = (0.35, 0.65)  # blob size: quantile of the noise field
+    brightness: bool = True
+    brightness_scale: tuple[float, float] = (0.8, 1.2)
+    brightness_shift: tuple[float, float] = (-0.1, 0.1)
+
+    def __post_init__(self):
+        _check(self.kind in ("elastic", "zeros", "swap", "none"), f"distortion.kind {self.kind!r}")
+        _check(self.patches_per_image >= 1, "distortion.patches_per_image must be >= 1")
+        _check(0 < self.patch_size[0] <= self.patch_size[1] <= 1, "distortion.patch_size")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Reading and augmenting images."""
+
+    resolution: int = 256  # working resolution: every image is resized to this square side
+    rotate: bool = True  # random 90-degree rotations (textures yes, most objects no)
+    flip: bool = True
+    validation_fraction: float = 0.1
+    cache: str = "memory"  # "memory" or a file path prefix for tf.data's file cache
+    on_bad_image: str = "error"  # error | skip
+
+    def __post_init__(self):
+        _check(
+            self.resolution >= 8 and self.resolution % 8 == 0,
+            f"data.resolution must be a multiple of 8, got {self.resolution}",
+        )
+        _check(0 <= self.validation_fraction < 1, "data.validation_fraction must be in [0, 1)")
+        _check(self.on_bad_image in ("error", "skip"), f"data.on_bad_image {self.on_bad_image!r}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of progressive training: crops of ``crop`` pixels, a share of all steps."""
+
+    crop: int
+    batch_size: int
+    fraction: float
+
+    def __post_init__(self):
+        _check(
+            self.crop >= 8 and self.crop % 8 == 0,
+            f"stage crop must be a multiple of 8: {self.crop}",
+        )
+        _check(
+            self.batch_size >= 1 and self.fraction > 0, "stage batch_size and fraction must be > 0"
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: int = 1  # 1: eq. (1); 2: eq. (2); 0: plain autoencoder (MSE, no distortion)
+    lam: float = 0.5
+    learning_rate: float = 1e-4
+    steps: int = 3000  # total over all stages
+    max_minutes: float | None = None
+    steps_per_epoch: int = 50  # an epoch = one validation, one checkpoint
+    stages: tuple[Stage, ...] = (
+        Stage(crop=128, batch_size=16, fraction=0.3),
+        Stage(crop=256, batch_size=4, fraction=0.7),
+    )
+    early_stopping_patience: int | None = None  # epochs; objective 2 wants it
+    mixed_precision: str = "none"  # none | bf16 | fp16
+    strategy: str = "default"  # default | mirrored | multiworker
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(
+            self.objective in (0, 1, 2), f"train.objective must be 0, 1 or 2, got {self.objective}"
+        )
+        _check(0 <= self.lam <= 1, f"train.lam must be in [0, 1], got {self.lam}")
+        _check(
+            self.mixed_precision in ("none", "bf16", "fp16"),
+            f"train.mixed_precision {self.mixed_precision!r}",
+        )
+        _check(
+            self.strategy in ("default", "mirrored", "multiworker"),
+            f"train.strategy {self.strategy!r}",
+        )
+        _check(len(self.stages) >= 1, "train.stages must not be empty")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Heatmaps and thresholds."""
+
+    sigma: float = 4.0  # Gaussian smoothing of the heatmap, px at 256 (scales with resolution)
+    pixel_quantile: float = 0.999  # threshold from good images: quantile of their pixel scores
+    image_quantile: float = 0.99  # ... and of their image scores
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    distortion: DistortionConfig = field(default_factory=DistortionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def __post_init__(self):
+        for stage in self.train.stages:
+            _check(
+                stage.crop <= self.data.resolution,
+                f"stage crop {stage.crop} exceeds data.resolution {self.data.resolution}",
+            )
+
+    # -- presets ------------------------------------------------------------------------------
+    @staticmethod
+    def preset(name: str) -> Config:
+        """A named starting point: ``paper``, ``texture``, ``object``, ``demo`` or ``tiny``."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return Config.from_dict(PRESETS[name])
+
+    # -- (de)serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Config:
+        return _build(Config, d, "")
+
+    def save(self, path: str | os.PathLike) -> None:
+        from ssad.files import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> Config:
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a JSON config ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: a config must be a JSON object")
+        try:
+            return Config.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def override(self, overrides: dict[str, Any]) -> Config:
+        """A copy with dotted keys replaced, e.g. ``{"train.objective": 2}``; ``None`` skips."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            section, _, name = key.partition(".")
+            if section not in d or name not in d[section]:
+                raise ConfigError(f"unknown config key {key!r}")
+            d[section][name] = value
+        return Config.from_dict(d)
+
+
+def _to_plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from plain data, rejecting unknown keys by name."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {d!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        names = ", ".join(repr(prefix + k) for k in unknown)
+        raise ConfigError(f"unknown config key {names}; known here: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        default = getattr(cls(), name) if _has_defaults(cls) else None
+        path = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, path)
+        elif name == "stages":
+            kwargs[name] = tuple(_build(Stage, s, f"{path}[{i}]") for i, s in enumerate(value))
+        elif isinstance(default, tuple) or isinstance(value, list):
+            kwargs[name] = _tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _has_defaults(cls: type) -> bool:
+    return all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(cls)
+    )
+
+
+def _tuple(v: Any) -> Any:
+    return tuple(_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Table 1 at full width, 512-pixel textures, progressive 128 -> 256 -> 512.
+    "paper": {
+        "data": {"resolution": 512},
+        "train": {
+            "steps": 60000,
+            "stages": [
+                {"crop": 128, "batch_size": 32, "fraction": 0.2},
+                {"crop": 256, "batch_size": 8, "fraction": 0.4},
+                {"crop": 512, "batch_size": 2, "fraction": 0.4},
+            ],
+        },
+    },
+    # Textures: stationary statistics, so rotations and flips are harmless.
+    "texture": {
+        "model": {"width": 0.5},
+        "data": {"resolution": 256, "rotate": True, "flip": True},
+    },
+    # Centred objects: no rotations, no brightness jitter on the patch by default.
+    "object": {
+        "model": {"width": 0.5},
+        "data": {"resolution": 256, "rotate": False, "flip": False},
+        "distortion": {"brightness": False},
+    },
+    # What `ssad demo` trains on a laptop CPU in a few minutes.
+    "demo": {
+        "model": {"width": 0.25},
+        "data": {"resolution": 128, "rotate": True, "flip": True},
+        "train": {
+            "steps": 1500,
+            "stages": [
+                {"crop": 64, "batch_size": 16, "fraction": 0.5},
+                {"crop": 128, "batch_size": 8, "fraction": 0.5},
+            ],
+        },
+    },
+    # Narrow and small: for tests and quick CPU checks.
+    "tiny": {
+        "model": {"width": 0.125, "sdc_blocks": 2},
+        "data": {"resolution": 64},
+        "train": {
+            "steps": 20,
+            "steps_per_epoch": 5,
+            "stages": [
+                {"crop": 32, "batch_size": 4, "fraction": 0.5},
+                {"crop": 64, "batch_size": 2, "fraction": 0.5},
+            ],
+        },
+    },
+}

@@ -1,0 +1,88 @@
+"""The paper's autoencoder (Table 1): a plain conv encoder, stacked dilated convolutions (SDC)
+at 1/8 resolution, a transposed-conv decoder and a sigmoid 1x1 output without normalisation.
+
+Built only from stock Keras layers, so a saved ``.keras`` file loads in safe mode with no
+``custom_objects``.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from ssad.config import ModelConfig
+
+
+def _channels(n: int, width: float) -> int:
+    return max(1, int(round(n * width)))
+
+
+def _conv_bn_relu(x, filters: int, kernel: int, name: str, dilation: int = 1):
+    x = layers.Conv2D(
+        filters, kernel, padding="same", dilation_rate=dilation, use_bias=False, name=name
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _sdc_block(x, cfg: ModelConfig, index: int):
+    """Six parallel 5x5 convolutions with dilation 1..32, concatenated, then a 3x3 conv."""
+    filters = _channels(cfg.sdc_filters, cfg.width)
+    branches = [
+        _conv_bn_relu(x, filters, cfg.sdc_kernel, f"sdc{index}_d{rate}", dilation=rate)
+        for rate in cfg.dilation_rates
+    ]
+    x = layers.Concatenate(name=f"sdc{index}_concat")(branches)
+    return _conv_bn_relu(x, filters * len(cfg.dilation_rates), 3, f"sdc{index}_fuse")
+
+
+def build_autoencoder(
+    cfg: ModelConfig | None = None, name: str = "ssad_autoencoder"
+) -> keras.Model:
+    """Build the SDC autoencoder. Input ``(None, None, 3)`` in [0, 1], sides multiples of 8;
+    output the same shape, in [0, 1] (float32 also under a mixed-precision policy)."""
+    cfg = cfg or ModelConfig()
+    inputs = keras.Input(shape=(None, None, 3), name="image")
+    x = inputs
+    for level, filters in enumerate(cfg.encoder_filters, start=1):
+        f = _channels(filters, cfg.width)
+        x = _conv_bn_relu(x, f, 3, f"enc{level}_conv1")
+        x = _conv_bn_relu(x, f, 3, f"enc{level}_conv2")
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    for index in range(1, cfg.sdc_blocks + 1):
+        x = _sdc_block(x, cfg, index)
+    for level, (up, mid, out) in enumerate(cfg.decoder_filters, start=1):
+        x = layers.Conv2DTranspose(
+            _channels(up, cfg.width),
+            3,
+            strides=2,
+            padding="same",
+            use_bias=False,
+            name=f"dec{level}_up",
+        )(x)
+        x = layers.BatchNormalization(name=f"dec{level}_up_bn")(x)
+        x = layers.ReLU(name=f"dec{level}_up_relu")(x)
+        x = _conv_bn_relu(x, _channels(mid, cfg.width), 3, f"dec{level}_conv1")
+        x = _conv_bn_relu(x, _channels(out, cfg.width), 3, f"dec{level}_conv2")
+    outputs = layers.Conv2D(3, 1, activation="sigmoid", dtype="float32", name="reconstruction")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def count_flops(model: keras.Model, height: int, width: int) -> int:
+    """Multiply-add FLOPs (2 per MAC) of the convolutions for one ``height x width`` image.
+
+    A transposed convolution is counted at its input positions (each scatters k*k*cout).
+    """
+    flops = 0
+    h, w = height, width
+    for layer in model.layers:
+        if isinstance(layer, layers.MaxPooling2D):
+            h, w = h // 2, w // 2
+        elif isinstance(layer, layers.Conv2DTranspose):
+            kh, kw, cout, cin = layer.kernel.shape
+            flops += 2 * h * w * kh * kw * cin * cout
+            h, w = h * 2, w * 2
+        elif isinstance(layer, layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            flops += 2 * h * w * kh * kw * cin * cout
+    return flops

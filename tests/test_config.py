@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from ssad import Config
+from ssad.config import PRESETS
+from ssad.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_round_trip(tmp_path, name):
+    cfg = Config.preset(name)
+    path = tmp_path / "config.json"
+    cfg.save(path)
+    loaded = Config.load(path)
+    assert loaded == cfg
+    assert hash(loaded) == hash(cfg)  # frozen all the way down
+
+
+def test_required_presets_exist():
+    for name in ("paper", "texture", "object", "tiny"):
+        Config.preset(name)
+    assert Config.preset("paper").model.width == 1.0
+    assert Config.preset("tiny").model.width < Config.preset("texture").model.width
+
+
+def test_unknown_key_is_named(tmp_path):
+    d = Config().to_dict()
+    d["train"]["learning_rat"] = 1e-3
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match="train.learning_rat"):
+        Config.load(path)
+    with pytest.raises(ConfigError, match="'modle'"):
+        Config.from_dict({"modle": {}})
+
+
+def test_bad_values_and_files(tmp_path):
+    with pytest.raises(ConfigError, match="objective"):
+        Config().override({"train.objective": 3})
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        Config().override({"data.resolution": 100})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        Config.preset("nope")
+    with pytest.raises(ConfigError, match="not found"):
+        Config.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not a JSON"):
+        Config.load(tmp_path / "bad.json")
+
+
+def test_override():
+    cfg = Config.preset("tiny").override(
+        {"train.objective": 2, "train.lam": 0.3, "data.flip": None}
+    )
+    assert cfg.train.objective == 2 and cfg.train.lam == 0.3
+    assert cfg.data.flip == Config.preset("tiny").data.flip
+    with pytest.raises(ConfigError, match="train.nope"):
+        cfg.override({"train.nope": 1})

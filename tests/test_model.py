@@ -1,0 +1,98 @@
+import keras
+import numpy as np
+import pytest
+
+import ssad
+from ssad.model import count_flops
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return ssad.build_autoencoder(ssad.Config.preset("tiny").model)
+
+
+def _dilated_5x5(model):
+    return [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D)
+        and not isinstance(layer, keras.layers.Conv2DTranspose)
+        and layer.kernel_size == (5, 5)
+    ]
+
+
+def test_sdc_structure():
+    cfg = ssad.Config.preset("paper").model
+    model = ssad.build_autoencoder(cfg)
+    convs = _dilated_5x5(model)
+    assert len(convs) == 4 * 6
+    for block in range(4):
+        rates = sorted(c.dilation_rate[0] for c in convs[block * 6 : (block + 1) * 6])
+        assert rates == [1, 2, 4, 8, 16, 32]
+        assert all(c.filters == 64 for c in convs[block * 6 : (block + 1) * 6])
+    concats = [lyr for lyr in model.layers if isinstance(lyr, keras.layers.Concatenate)]
+    assert len(concats) == 4
+    assert all(c.output.shape[-1] == 384 for c in concats)
+    assert len([lyr for lyr in model.layers if isinstance(lyr, keras.layers.Conv2DTranspose)]) == 3
+    assert len([lyr for lyr in model.layers if isinstance(lyr, keras.layers.MaxPooling2D)]) == 3
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (256, 192)])
+def test_output_shape_equals_input(tiny_model, shape):
+    x = np.random.default_rng(0).random((2, *shape, 3), dtype=np.float32)
+    y = tiny_model.predict(x, verbose=0)
+    assert y.shape == x.shape
+    assert 0.0 <= y.min() and y.max() <= 1.0
+
+
+def test_last_layer_sigmoid_without_bn(tiny_model):
+    last = tiny_model.layers[-1]
+    assert isinstance(last, keras.layers.Conv2D) and last.kernel_size == (1, 1)
+    assert last.activation is keras.activations.sigmoid
+    assert last.filters == 3
+    # its input comes from a ReLU, and nothing (no BN) follows it
+    assert isinstance(tiny_model.layers[-2], keras.layers.ReLU)
+    assert tiny_model.outputs[0] is last.output
+
+
+def test_keras_round_trip_safe_mode(tmp_path, tiny_model):
+    path = tmp_path / "m.keras"
+    tiny_model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    x = np.random.default_rng(1).random((1, 64, 64, 3), dtype=np.float32)
+    np.testing.assert_array_equal(tiny_model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+
+
+def test_paper_size_weights_and_flops():
+    model = ssad.build_autoencoder(ssad.Config.preset("paper").model)
+    # weights from the layers' kernel shapes (no biases before BN; BN adds 4 per channel)
+    n = model.count_params()
+    assert 20e6 <= n <= 21e6, n
+    # FLOPs at 512x512 from each conv's output shape on a 64x64 probe, scaled by (512/64)^2
+    convs = [
+        lyr
+        for lyr in model.layers
+        if isinstance(lyr, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
+    ]
+    probe = keras.Model(model.inputs, [c.output for c in convs] + [c.input for c in convs])
+    outs = probe.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0)
+    flops = 0
+    for c, out, inp in zip(convs, outs[: len(convs)], outs[len(convs) :], strict=True):
+        kh, kw = c.kernel_size
+        cin, cout = inp.shape[-1], out.shape[-1]
+        # a transposed conv does its k*k*cout multiply-adds per *input* position
+        positions = (
+            inp.shape[1] * inp.shape[2]
+            if isinstance(c, keras.layers.Conv2DTranspose)
+            else out.shape[1] * out.shape[2]
+        )
+        flops += 2 * positions * kh * kw * cin * cout
+    flops *= (512 // 64) ** 2
+    assert abs(flops / 1e9 - 268) < 3, flops / 1e9
+    assert count_flops(model, 512, 512) == flops
+
+
+def test_width_multiplier_scales_channels():
+    half = ssad.build_autoencoder(ssad.Config.preset("paper").override({"model.width": 0.5}).model)
+    convs = _dilated_5x5(half)
+    assert all(c.filters == 32 for c in convs)
