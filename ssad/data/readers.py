@@ -1,0 +1,161 @@
+"""Finding and reading the images of a data set: the MVTec AD layout or a plain folder.
+
+Training: ``training_image_paths`` lists the defect-free images, ``load_images`` decodes them to
+one uint8 array at the square working resolution. Evaluation: ``test_samples`` lists images
+with their defect class and mask file, and ``read_sample`` reads one at a time (bounded memory
+for any number of test images). All decoding goes through ``ssad.images``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ssad.errors import BadImageError, DataError
+from ssad.images import is_image_file, list_images, read_image, read_mask, resize
+
+Source = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def training_image_paths(source: Source) -> list[Path]:
+    """The defect-free training images of ``source``.
+
+    ``source``: an MVTec AD category folder (its ``train/good`` images), a plain folder of
+    images, or a list of image files. Raises ``DataError`` when no image is found.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: not a folder")
+        if (folder / "train" / "good").is_dir():
+            folder = folder / "train" / "good"
+        paths = list_images(folder)
+        if not paths:
+            raise DataError(f"{folder}: no images (.png, .jpg, .jpeg, .bmp, .gif) in this folder")
+        return paths
+    paths = [Path(p) for p in source]
+    if not paths:
+        raise DataError("the list of training images is empty")
+    for p in paths:
+        if not p.is_file():
+            raise DataError(f"{p}: no such image file")
+    return paths
+
+
+def load_images(
+    paths: Sequence[str | os.PathLike], resolution: int, on_bad_image: str = "error"
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode ``paths`` and resize each (anti-aliased) to ``resolution`` x ``resolution``.
+
+    Returns ``(images, skipped)``: uint8 ``[n, resolution, resolution, 3]`` and, with
+    ``on_bad_image="skip"``, the ``(path, reason)`` of each file that could not be decoded
+    (each also a warning). With ``"error"`` such a file raises ``BadImageError``.
+    """
+    if on_bad_image not in ("error", "skip"):
+        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    images = np.empty((len(paths), resolution, resolution, 3), np.uint8)
+    skipped: list[tuple[str, str]] = []
+    n = 0
+    for path in paths:
+        try:
+            x = read_image(path)
+        except BadImageError as e:
+            if on_bad_image == "error":
+                raise
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            skipped.append((e.path, e.problem))
+            continue
+        x = resize(x, resolution, resolution)
+        images[n] = (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        n += 1
+    if n == 0 and paths:
+        raise DataError(f"none of the {len(paths)} images could be read")
+    return images[:n], skipped
+
+
+@dataclass(frozen=True)
+class TestSample:
+    """One evaluation image: its file, defect class (``good`` = defect-free) and mask file."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    path: Path
+    defect: str
+    mask_path: Path | None
+
+
+def test_samples(
+    source: str | os.PathLike, mask_dir: str | os.PathLike | None = None
+) -> list[TestSample]:
+    """The evaluation images of ``source``, sorted by defect class and name.
+
+    MVTec AD layout (``source/test/<defect>/``): masks from
+    ``source/ground_truth/<defect>/<stem>_mask.png`` (``good`` has none; a missing mask gives
+    ``mask_path=None``). A plain folder of images: defect ``"unknown"``, masks from
+    ``mask_dir`` matched by stem (``<stem>.png`` or ``<stem>_mask.png``).
+    """
+    root = Path(source)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    if (root / "test").is_dir():
+        return _mvtec_test_samples(root)
+    paths = list_images(root)
+    if not paths:
+        raise DataError(f"{root}: no images (.png, .jpg, .jpeg, .bmp, .gif) in this folder")
+    if mask_dir is not None and not Path(mask_dir).is_dir():
+        raise DataError(f"{mask_dir}: mask folder not found")
+    return [
+        TestSample(p, "unknown", _find_mask(Path(mask_dir), p.stem) if mask_dir else None)
+        for p in paths
+    ]
+
+
+test_samples.__test__ = False  # not a pytest test function despite the name
+
+
+def _mvtec_test_samples(root: Path) -> list[TestSample]:
+    samples = []
+    for folder in sorted(p for p in (root / "test").iterdir() if p.is_dir()):
+        defect = folder.name
+        for p in list_images(folder):
+            mask = None
+            if defect != "good":
+                candidate = root / "ground_truth" / defect / f"{p.stem}_mask.png"
+                mask = candidate if candidate.is_file() else None
+            samples.append(TestSample(p, defect, mask))
+    if not samples:
+        raise DataError(f"{root / 'test'}: no images in its defect folders")
+    return samples
+
+
+def _find_mask(mask_dir: Path, stem: str) -> Path | None:
+    for name in (f"{stem}.png", f"{stem}_mask.png"):
+        if is_image_file(mask_dir / name):
+            return mask_dir / name
+    return None
+
+
+def read_sample(sample: TestSample) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(image float32 [h, w, 3] in [0, 1], mask bool [h, w] or None)`` at the image's size.
+
+    A mask of another size is resized (nearest) to the image with a warning; any non-zero mask
+    pixel is a defect.
+    """
+    image = read_image(sample.path)
+    if sample.mask_path is None:
+        return image, None
+    mask = read_mask(sample.mask_path)
+    h, w = image.shape[:2]
+    if mask.shape != (h, w):
+        warnings.warn(
+            f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {w}x{h};"
+            " resizing the mask (nearest)",
+            stacklevel=2,
+        )
+        mask = resize(mask.astype(np.uint8)[..., None], h, w, method="nearest")[..., 0] > 0
+    return image, mask
