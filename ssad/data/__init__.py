@@ -2,6 +2,7 @@
 the ``tf.data`` pipelines that feed ``model.fit``."""
 
 from ssad.data.distort import distort
+from ssad.data.pipeline import train_dataset, validation_dataset
 from ssad.data.readers import (
     TestSample,
     load_images,
@@ -16,5 +17,7 @@ __all__ = [
     "load_images",
     "read_sample",
     "test_samples",
+    "train_dataset",
     "training_image_paths",
+    "validation_dataset",
 ]
