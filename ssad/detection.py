@@ -1,0 +1,400 @@
+"""The detector of a trained run: heatmaps, image scores and masks, and its thresholds.
+
+``Detector.load(run_dir)`` reads ``model.keras``, ``config.json`` and ``calibration.json``.
+The heatmap is ``ssad.scoring.anomaly_maps`` (the graph the export serves too): mean over
+colour channels of the squared reconstruction error at the working resolution, smoothed with
+sigma ``score.sigma * data.resolution / 256`` pixels, at each input's own size; the image score
+is its maximum. A pixel is anomalous when heatmap >= ``pixel_threshold``, an image when
+score >= ``image_threshold``.
+
+Thresholds (``calibration.json``): ``calibrate_on_good`` takes high quantiles of defect-free
+images' pixel and image scores (the default, after training); ``calibrate_f1`` picks the
+F1-optimal thresholds on a labelled validation set; ``Detector.with_threshold`` overrides.
+``Ensemble`` averages several runs' heatmaps, each divided by its run's pixel threshold.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ssad import metrics
+from ssad.config import Config
+from ssad.errors import BadImageError, DataError, RunDirError
+from ssad.files import atomic_write_text
+from ssad.images import resize, to_rgb
+from ssad.scoring import anomaly_maps
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+CALIBRATION_FILE = "calibration.json"
+_HOW_TO_CALIBRATE = "make one with `ssad calibrate RUN_DIR DATA_DIR` or pass --threshold"
+
+
+class Detector:
+    """A trained autoencoder with its config and calibration (thresholds).
+
+    Images: a float array ``[b, h, w, 3]`` in [0, 1] (uint8 is scaled), grayscale
+    ``[b, h, w]`` or ``[b, h, w, 1]``, a single image ``[h, w, 3]`` or ``[h, w]``, or a list of
+    images of any sizes. Array inputs give array outputs (a single image gives a batch of one),
+    a list gives lists. Images are processed ``batch_size`` at a time.
+    """
+
+    def __init__(self, model, config: Config, calibration: dict | None = None, batch_size=8):
+        self.model = model
+        self.config = config
+        self.calibration = dict(calibration) if calibration else None
+        self.batch_size = batch_size
+        self.resolution = config.data.resolution
+        self.sigma = config.score.sigma * config.data.resolution / 256
+        self._graph = tf.function(self._maps_graph, reduce_retracing=True)
+
+    def _maps_graph(self, images):
+        heatmap, score, _ = anomaly_maps(self.model, images, self.resolution, self.sigma)
+        return heatmap, score
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, require_calibration: bool = True) -> Detector:
+        """Load a run directory; ``RunDirError`` names what is missing or unreadable."""
+        run = Path(run_dir)
+        if not run.is_dir():
+            raise RunDirError(f"{run}: no such run directory")
+        needed = [MODEL_FILE, CONFIG_FILE] + ([CALIBRATION_FILE] if require_calibration else [])
+        missing = [name for name in needed if not (run / name).is_file()]
+        if missing:
+            hint = f" ({_HOW_TO_CALIBRATE})" if missing == [CALIBRATION_FILE] else ""
+            missing_text = ", ".join(missing)
+            raise RunDirError(f"{run}: incomplete run directory, missing {missing_text}{hint}")
+        config = Config.load(run / CONFIG_FILE)
+        try:
+            model = keras.models.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
+        except Exception as e:  # Keras raises many types for a damaged or foreign file
+            raise RunDirError(f"{run / MODEL_FILE}: cannot load the model ({e})") from e
+        calibration = load_calibration(run) if (run / CALIBRATION_FILE).is_file() else None
+        return cls(model, config, calibration)
+
+    # -- thresholds ----------------------------------------------------------------------------
+    def _threshold(self, key: str) -> float:
+        if self.calibration is None:
+            raise RunDirError(f"this detector has no thresholds yet; {_HOW_TO_CALIBRATE}")
+        return float(self.calibration[key])
+
+    @property
+    def pixel_threshold(self) -> float:
+        return self._threshold("pixel_threshold")
+
+    @property
+    def image_threshold(self) -> float:
+        return self._threshold("image_threshold")
+
+    def with_threshold(self, pixel: float, image: float | None = None) -> Detector:
+        """A copy with manual thresholds; ``image`` defaults to ``pixel`` (then an image is
+        anomalous exactly when its mask is not empty)."""
+        other = copy.copy(self)
+        other.calibration = {
+            "pixel_threshold": float(pixel),
+            "image_threshold": float(pixel if image is None else image),
+            "method": "manual",
+        }
+        return other
+
+    # -- inference -----------------------------------------------------------------------------
+    def batch_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(heatmaps [b, h, w], scores [b])`` of one float32 batch ``[b, h, w, 3]``."""
+        heatmap, score = self._graph(tf.convert_to_tensor(batch, tf.float32))
+        return heatmap.numpy(), score.numpy()
+
+    def maps(self, images, batch_size: int | None = None):
+        """``(heatmaps, scores)`` of ``images`` (see the class docstring for the forms)."""
+        items, as_list = as_image_list(images)
+        heatmaps: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        for batch in _batches(items, batch_size or self.batch_size):
+            h, s = self.batch_maps(np.stack(batch))
+            heatmaps.extend(h)
+            scores.append(s)
+        scores_array = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        return (heatmaps if as_list else np.stack(heatmaps)), scores_array
+
+    def heatmap(self, images, batch_size: int | None = None):
+        """Smoothed anomaly heatmaps, ``[b, h, w]`` (a list for a list input)."""
+        return self.maps(images, batch_size)[0]
+
+    def score(self, images, batch_size: int | None = None) -> np.ndarray:
+        """Image scores ``[b]``: the maximum of each heatmap at the working resolution."""
+        return self.maps(images, batch_size)[1]
+
+    def predict(self, images, batch_size: int | None = None) -> dict:
+        """``{"heatmap", "score", "mask" (heatmap >= pixel threshold), "is_anomalous"
+        (score >= image threshold)}``."""
+        heatmap, score = self.maps(images, batch_size)
+        pixel = self.pixel_threshold
+        mask = [h >= pixel for h in heatmap] if isinstance(heatmap, list) else heatmap >= pixel
+        return {
+            "heatmap": heatmap,
+            "score": score,
+            "mask": mask,
+            "is_anomalous": score >= self.image_threshold,
+        }
+
+
+class Ensemble(Detector):
+    """Several runs as one detector: the mean of their heatmaps (scores), each divided by its
+    run's pixel (image) threshold; the ensemble's own thresholds are 1.0 on that scale."""
+
+    def __init__(self, detectors: Sequence[Detector], batch_size: int = 8):
+        if not detectors:
+            raise ValueError("an ensemble needs at least one detector")
+        self.detectors = list(detectors)
+        self.model = None
+        self.config = self.detectors[0].config
+        self.calibration = {"pixel_threshold": 1.0, "image_threshold": 1.0, "method": "ensemble"}
+        self.batch_size = batch_size
+        self.resolution = self.detectors[0].resolution
+        self.sigma = None
+
+    def batch_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        heatmap, score = 0.0, 0.0
+        for d in self.detectors:
+            h, s = d.batch_maps(batch)
+            heatmap = heatmap + h / d.pixel_threshold
+            score = score + s / d.image_threshold
+        n = len(self.detectors)
+        return (heatmap / n).astype(np.float32), (score / n).astype(np.float32)
+
+
+def load_detector(run_dirs: Sequence[str | os.PathLike], threshold: float | None = None):
+    """A ``Detector`` for one run directory, an ``Ensemble`` for several; ``threshold``
+    overrides the pixel and image thresholds (on the ensemble's normalised scale)."""
+    if not run_dirs:
+        raise RunDirError("no run directory given")
+    detectors = [Detector.load(run) for run in run_dirs]
+    detector = detectors[0] if len(detectors) == 1 else Ensemble(detectors)
+    return detector if threshold is None else detector.with_threshold(threshold)
+
+
+def as_image_list(images) -> tuple[list[np.ndarray], bool]:
+    """``(float32 [h, w, 3] images, whether the input was a list)``: see ``Detector``."""
+    if isinstance(images, (list, tuple)):
+        return [_as_rgb(x) for x in images], True
+    x = np.asarray(images)
+    if x.ndim == 4 or (x.ndim == 3 and x.shape[-1] > 4):
+        return [_as_rgb(image) for image in x], False
+    if x.ndim in (2, 3):
+        return [_as_rgb(x)], False
+    raise ValueError(f"expected images [b, h, w, c], [b, h, w] or [h, w, c], got shape {x.shape}")
+
+
+def _as_rgb(x) -> np.ndarray:
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.float32) / np.iinfo(x.dtype).max
+    return to_rgb(x)
+
+
+def _batches(items: list[np.ndarray], batch_size: int) -> Iterator[list[np.ndarray]]:
+    """Runs of consecutive same-sized images, at most ``batch_size`` long."""
+    batch: list[np.ndarray] = []
+    for x in items:
+        if batch and (len(batch) == batch_size or x.shape != batch[0].shape):
+            yield batch
+            batch = []
+        batch.append(x)
+    if batch:
+        yield batch
+
+
+# -- streaming over a labelled data set ----------------------------------------------------------
+
+
+def scan(
+    detector: Detector,
+    samples: Sequence,
+    batch_size: int = 8,
+    resolution: int | None = None,
+    skipped: list | None = None,
+    progress: bool = False,
+) -> Iterator[tuple]:
+    """Yield ``(sample, image, mask, heatmap, score)`` for each ``ssad.data.readers.TestSample``,
+    reading and scoring ``batch_size`` images at a time (memory independent of their number).
+
+    ``resolution``: resize images (and masks, nearest) to that square side first. Unreadable
+    images raise ``BadImageError``, or are appended to ``skipped`` when it is a list.
+    """
+    from ssad.data.readers import read_sample
+
+    bar = keras.utils.Progbar(len(samples), unit_name="image") if progress else None
+    batch: list[tuple] = []
+
+    def flush():
+        heatmaps, scores = detector.batch_maps(np.stack([image for _, image, _ in batch]))
+        for (sample, image, mask), h, s in zip(batch, heatmaps, scores, strict=True):
+            yield sample, image, mask, h, float(s)
+        if bar is not None:
+            bar.add(len(batch))
+
+    for sample in samples:
+        try:
+            image, mask = read_sample(sample)
+        except BadImageError as e:
+            if skipped is None:
+                raise
+            skipped.append(e)
+            if bar is not None:
+                bar.add(1)
+            continue
+        if resolution is not None:
+            image = resize(image, resolution, resolution)
+            if mask is not None:
+                mask = resize(mask[..., None].astype(np.uint8), resolution, resolution, "nearest")
+                mask = mask[..., 0] > 0
+        if batch and (len(batch) == batch_size or image.shape != batch[0][1].shape):
+            yield from flush()
+            batch = []
+        batch.append((sample, image, mask))
+    if batch:
+        yield from flush()
+
+
+def has_masks(samples: Sequence) -> bool:
+    """Whether pixel metrics apply: some sample has a mask and every sample of a defect class
+    (not ``good``, not ``unknown``) has one."""
+    return any(s.mask_path is not None for s in samples) and all(
+        s.mask_path is not None for s in samples if s.defect not in ("good", "unknown")
+    )
+
+
+def is_defective(sample, mask: np.ndarray | None) -> bool:
+    """The image-level label: from the defect folder (MVTec layout), else from the mask."""
+    if sample.defect == "unknown":
+        return mask is not None and bool(mask.any())
+    return sample.defect != "good"
+
+
+# -- calibration ---------------------------------------------------------------------------------
+
+
+def calibrate_on_good(
+    detector,
+    images,
+    config: Config | None = None,
+    batch_size: int = 8,
+) -> dict:
+    """Thresholds from defect-free images alone: the ``config.score.pixel_quantile`` quantile of
+    their pixel scores and the ``image_quantile`` quantile of their image scores.
+
+    ``detector``: a ``Detector``, or a Keras model together with ``config``; ``images``: any
+    form ``Detector`` accepts (e.g. the held-out good images ``[n, h, w, 3]``). Pixel scores
+    are pooled in a histogram, so memory does not grow with the number of images.
+    """
+    if not isinstance(detector, Detector):
+        if config is None:
+            raise ValueError("calibrate_on_good needs the config with a bare model")
+        detector = Detector(detector, config)
+    items, _ = as_image_list(images)
+    if not items:
+        raise DataError("calibrate_on_good needs at least one defect-free image")
+    counts = np.zeros(metrics.N_BINS)
+    scores = []
+    for batch in _batches(items, batch_size):
+        heatmaps, s = detector.batch_maps(np.stack(batch))
+        counts += metrics.histogram(heatmaps)
+        scores.extend(s.tolist())
+    score_cfg = detector.config.score
+    return _calibration(
+        "good-quantile",
+        pixel_threshold=metrics.histogram_quantile(counts, score_cfg.pixel_quantile),
+        image_threshold=float(np.quantile(scores, score_cfg.image_quantile)),
+        n_images=len(items),
+        pixel_quantile=score_cfg.pixel_quantile,
+        image_quantile=score_cfg.image_quantile,
+    )
+
+
+def calibrate_f1(
+    detector: Detector,
+    data_dir: str | os.PathLike,
+    batch_size: int = 8,
+    skipped: list | None = None,
+    progress: bool = False,
+) -> dict:
+    """F1-optimal thresholds on the labelled images of ``data_dir`` (MVTec layout, or a folder
+    with masks, see ``ssad.data.readers.test_samples``), at the working resolution.
+
+    The image threshold maximises image-level F1; the pixel threshold pixel-level F1 when every
+    defective image has a mask, else it stays the detector's current one.
+    """
+    from ssad.data.readers import test_samples
+
+    samples = test_samples(data_dir)
+    with_masks = has_masks(samples)
+    pixels = metrics.PixelMetrics()
+    labels, scores = [], []
+    for sample, _, mask, heatmap, score in scan(
+        detector, samples, batch_size, detector.resolution, skipped, progress
+    ):
+        labels.append(is_defective(sample, mask))
+        scores.append(score)
+        if with_masks:
+            pixels.update(heatmap, mask)
+    if all(labels) or not any(labels):
+        raise DataError(f"{data_dir}: F1 calibration needs both good and defective images")
+    f1_image, image_threshold = metrics.best_f1_threshold(labels, scores)
+    extra = {"f1_image": f1_image}
+    if pixels.has_defects:
+        extra["f1_pixel"], pixel_threshold = pixels.best_f1_threshold()
+    else:
+        pixel_threshold = detector.pixel_threshold
+        extra["pixel_threshold_from"] = detector.calibration.get("method")
+    return _calibration(
+        "f1",
+        pixel_threshold=pixel_threshold,
+        image_threshold=image_threshold,
+        n_images=len(labels),
+        n_defective=int(np.sum(labels)),
+        data_dir=str(data_dir),
+        **extra,
+    )
+
+
+def _calibration(method: str, **fields) -> dict:
+    from ssad import __version__
+
+    return {"method": method, **fields, "ssad_version": __version__}
+
+
+def load_calibration(run_dir: str | os.PathLike) -> dict:
+    """Read ``RUN_DIR/calibration.json``; ``RunDirError`` names a bad file or key."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    try:
+        calibration = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: not found ({_HOW_TO_CALIBRATE})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: not valid JSON ({e})") from None
+    _check_calibration(calibration, path)
+    return calibration
+
+
+def save_calibration(run_dir: str | os.PathLike, calibration: dict) -> Path:
+    """Write ``calibration`` atomically to ``RUN_DIR/calibration.json`` and return the path."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    _check_calibration(calibration, path)
+    atomic_write_text(path, json.dumps(calibration, indent=2) + "\n")
+    return path
+
+
+def _check_calibration(calibration, path: Path) -> None:
+    if not isinstance(calibration, dict):
+        raise RunDirError(f"{path}: a calibration must be a JSON object")
+    for key in ("pixel_threshold", "image_threshold"):
+        value = calibration.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise RunDirError(f"{path}: {key!r} must be a finite number, got {value!r}")
