@@ -11,6 +11,7 @@ import click
 # Importing a command module registers its command (keep this list sorted).
 from ssad.cli import (  # noqa: F401, E402
     info,
+    inspect,
     make_demo_data,
 )
 from ssad.cli._common import COMMANDS
