@@ -10,6 +10,7 @@ import click
 
 # Importing a command module registers its command (keep this list sorted).
 from ssad.cli import (  # noqa: F401, E402
+    export,
     info,
     inspect,
     make_demo_data,

@@ -1,0 +1,116 @@
+"""Export a run as a SavedModel for TF Serving, with the whole detector inside.
+
+``export(run_dir, export_base)`` writes ``export_base/N/`` (TF Serving's versioned layout). The
+graph holds everything ``Detector`` does: resizing to the working resolution and back, padding
+to a multiple of 8, the autoencoder, smoothing, the score, and the stored thresholds, so the
+served model gives the same numbers as ``ssad predict`` with no client-side preprocessing.
+
+Signatures (both return ``heatmap`` [b, h, w] float32, ``score`` [b] float32, ``mask``
+[b, h, w] bool (heatmap >= pixel threshold), ``is_anomalous`` [b] bool (score >= image
+threshold) and ``reconstruction`` [b, h, w, 3] float32 in [0, 1]):
+
+- ``serving_default``: ``images`` float32 [b, h, w, 3] in [0, 1], any h and w;
+- ``serving_bytes``: ``images_bytes`` string [b], encoded PNG, JPEG, BMP or GIF (first frame),
+  decoded to RGB in the graph. All images of one request must have the same size (the
+  batch is stacked); send differently sized images in separate requests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import tensorflow as tf
+
+from ssad.errors import SsadError
+from ssad.files import atomic_dir
+from ssad.scoring import anomaly_maps
+
+SIGNATURES = ("serving_default", "serving_bytes")
+
+
+class ServingModule(tf.Module):
+    """The detector as a ``tf.Module``; its methods are named after the signatures."""
+
+    def __init__(self, model, resolution, sigma, pixel_threshold, image_threshold):
+        super().__init__(name="ssad_detector")
+        self.model = model
+        self.resolution = resolution
+        self.sigma = float(sigma)
+        self.pixel_threshold = float(pixel_threshold)
+        self.image_threshold = float(image_threshold)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, "images")])
+    def serving_default(self, images):
+        heatmap, score, reconstruction = anomaly_maps(
+            self.model, images, self.resolution, self.sigma
+        )
+        return {
+            "heatmap": heatmap,
+            "score": score,
+            "mask": heatmap >= self.pixel_threshold,
+            "is_anomalous": score >= self.image_threshold,
+            "reconstruction": reconstruction,
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, "images_bytes")])
+    def serving_bytes(self, images_bytes):
+        decoded = tf.map_fn(
+            _decode,
+            images_bytes,
+            fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32),
+        )
+        return self.serving_default(decoded)
+
+
+def _decode(data):
+    return tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
+
+
+def next_version(export_base: str | os.PathLike) -> int:
+    """One more than the highest numbered version folder in ``export_base`` (1 if none)."""
+    base = Path(export_base)
+    versions = [int(p.name) for p in base.iterdir() if re.fullmatch(r"\d+", p.name)]
+    return max(versions, default=0) + 1
+
+
+def export(
+    run_dir: str | os.PathLike, export_base: str | os.PathLike, version: int | None = None
+) -> Path:
+    """Write the run's detector as a SavedModel to ``export_base/version`` and return that path.
+
+    ``version`` defaults to the next free number; an existing version folder is an error,
+    never overwritten. The folder appears complete or not at all.
+    """
+    from ssad.detection import Detector
+
+    detector = Detector.load(run_dir)
+    base = Path(export_base)
+    base.mkdir(parents=True, exist_ok=True)
+    if version is None:
+        version = next_version(base)
+    if version < 1:
+        raise SsadError(f"export version must be a positive integer, got {version}")
+    target = base / str(version)
+    if target.exists():
+        raise SsadError(
+            f"{target}: version {version} already exists; pick another --version "
+            "or leave it out to use the next free one"
+        )
+    module = ServingModule(
+        detector.model,
+        detector.resolution,
+        detector.sigma,
+        detector.pixel_threshold,
+        detector.image_threshold,
+    )
+    signatures = {name: getattr(module, name) for name in SIGNATURES}
+    with atomic_dir(target) as tmp:
+        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        extra = tmp / "assets.extra"  # TF Serving ignores this folder; kept for provenance
+        extra.mkdir()
+        for name in ("config.json", "calibration.json"):
+            shutil.copyfile(Path(run_dir) / name, extra / name)
+    return target
