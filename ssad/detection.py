@@ -54,7 +54,11 @@ class Detector:
         self.batch_size = batch_size
         self.resolution = config.data.resolution
         self.sigma = config.score.sigma * config.data.resolution / 256
-        self._graph = tf.function(self._maps_graph, reduce_retracing=True)
+        self._graph = tf.function(
+            self._maps_graph,
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+            reduce_retracing=True,
+        )
 
     def _maps_graph(self, images):
         heatmap, score, _ = anomaly_maps(self.model, images, self.resolution, self.sigma)

@@ -169,8 +169,8 @@ td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
 .curves img { width: 420px; margin-right: 1em; }
 figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
-figure img { max-width: 520px; display: block; }
-figcaption { font-size: 0.85em; max-width: 520px; }
+figure img { width: 440px; display: block; image-rendering: pixelated; }
+figcaption { font-size: 0.85em; max-width: 440px; }
 .note { color: #555; font-size: 0.9em; }
 """
 

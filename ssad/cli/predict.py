@@ -1,0 +1,45 @@
+"""``ssad predict``: heatmap overlays, masks and scores for any images."""
+
+from __future__ import annotations
+
+import click
+
+from ssad.cli._common import command
+
+
+@command("predict")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder for overlays, masks, scores.csv and scores.json.",
+)
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--threshold", type=float, help="Pixel and image threshold instead of the stored calibration."
+)
+def predict(run_dir, inputs, out_dir, batch_size, threshold, skip_bad) -> None:
+    """Find defects in INPUT... (image files, folders or glob patterns) with RUN_DIR's model.
+
+    Writes <name>_overlay.png and <name>_mask.png per image (at its own size) and
+    scores.csv / scores.json (path, score, is_anomalous).
+    """
+    from ssad.evaluation import predict_files
+
+    rows = predict_files(
+        run_dir,
+        inputs,
+        out_dir,
+        batch_size=batch_size,
+        threshold=threshold,
+        skip_bad=skip_bad,
+        progress=True,
+    )
+    for row in rows:
+        if row.get("error"):
+            click.echo(f"skipped {row['path']}: {row['error']}", err=True)
+    found = sum(bool(r["is_anomalous"]) for r in rows)
+    click.echo(f"{found} of {len(rows)} images anomalous; results in {out_dir}")

@@ -1,0 +1,124 @@
+"""Detector: shapes of heatmaps for any input form, thresholds, run-directory checks."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import make_run_dir
+
+from ssad.detection import (
+    Detector,
+    Ensemble,
+    calibrate_f1,
+    calibrate_on_good,
+    load_calibration,
+    load_detector,
+    save_calibration,
+)
+from ssad.errors import RunDirError
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run_dir(tmp_path_factory.mktemp("run"), pixel_threshold=0.05, image_threshold=0.1)
+
+
+@pytest.fixture(scope="module")
+def detector(run_dir):
+    return Detector.load(run_dir)
+
+
+def test_heatmap_has_the_input_size_and_score_is_its_maximum(detector):
+    rng = np.random.default_rng(0)
+    odd = rng.random((3, 37, 53, 3)).astype(np.float32)
+    heatmap, score = detector.maps(odd, batch_size=2)
+    assert heatmap.shape == (3, 37, 53) and score.shape == (3,)
+    assert np.all(heatmap >= 0) and heatmap.std() > 0
+    working = rng.random((2, 64, 64, 3)).astype(np.float32)  # at the working resolution
+    heatmap, score = detector.maps(working)
+    np.testing.assert_allclose(score, heatmap.max(axis=(1, 2)), rtol=1e-6)
+    assert detector.sigma == pytest.approx(4.0 * 64 / 256)
+
+
+def test_grayscale_single_and_mixed_size_inputs(detector):
+    rng = np.random.default_rng(1)
+    gray = rng.random((2, 29, 41)).astype(np.float32)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    expected = detector.heatmap(rgb)
+    assert expected.shape == (2, 29, 41)
+    np.testing.assert_allclose(detector.heatmap(gray), expected, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(detector.heatmap(gray[..., None]), expected, rtol=1e-5, atol=1e-8)
+    assert detector.heatmap(gray[0]).shape == (1, 29, 41)
+    uint8 = (rgb[0] * 255).round().astype(np.uint8)
+    assert detector.heatmap(uint8).shape == (1, 29, 41)
+    mixed = [rgb[0], rng.random((64, 64, 3)), gray[1], rng.random((17, 9))]
+    out = detector.predict(mixed)
+    assert [h.shape for h in out["heatmap"]] == [(29, 41), (64, 64), (29, 41), (17, 9)]
+    assert [m.shape for m in out["mask"]] == [(29, 41), (64, 64), (29, 41), (17, 9)]
+    np.testing.assert_allclose(out["heatmap"][2], expected[1], rtol=1e-5, atol=1e-8)
+    assert out["score"].shape == (4,)
+
+
+def test_predict_applies_the_stored_and_manual_thresholds(detector):
+    rng = np.random.default_rng(2)
+    images = rng.random((2, 32, 32, 3)).astype(np.float32)
+    out = detector.predict(images)
+    np.testing.assert_array_equal(out["mask"], out["heatmap"] >= 0.05)
+    np.testing.assert_array_equal(out["is_anomalous"], out["score"] >= 0.1)
+    t = float(np.median(out["heatmap"]))
+    manual = detector.with_threshold(t).predict(images)
+    assert 0.3 < manual["mask"].mean() < 0.7
+    np.testing.assert_array_equal(manual["is_anomalous"], out["score"] >= t)
+    assert detector.pixel_threshold == 0.05  # the original is unchanged
+
+
+def test_run_dir_errors_name_what_is_missing(tmp_path, run_dir):
+    with pytest.raises(RunDirError, match="no such run directory"):
+        Detector.load(tmp_path / "nope")
+    (tmp_path / "config.json").write_text((run_dir / "config.json").read_text())
+    with pytest.raises(RunDirError, match="missing model.keras, calibration.json"):
+        Detector.load(tmp_path)
+    (tmp_path / "model.keras").write_bytes(b"not a model")
+    (tmp_path / "calibration.json").write_text(json.dumps({"pixel_threshold": 0.1}))
+    with pytest.raises(RunDirError, match="'image_threshold' must be a finite number"):
+        load_calibration(tmp_path)
+    with pytest.raises(RunDirError, match="model.keras: cannot load the model"):
+        Detector.load(tmp_path, require_calibration=False)
+
+
+def test_calibrate_on_good_takes_quantiles(detector, tmp_path):
+    rng = np.random.default_rng(3)
+    images = rng.random((5, 32, 32, 3)).astype(np.float32)
+    calibration = calibrate_on_good(detector.model, images, detector.config, batch_size=2)
+    heatmap, score = detector.maps(images)
+    exact_pixel = np.quantile(heatmap, 0.999)
+    assert exact_pixel <= calibration["pixel_threshold"] <= exact_pixel * 1.001
+    assert calibration["image_threshold"] == pytest.approx(np.quantile(score, 0.99), rel=1e-5)
+    assert calibration["method"] == "good-quantile" and calibration["n_images"] == 5
+    save_calibration(tmp_path, calibration)
+    assert load_calibration(tmp_path) == calibration
+
+
+def test_calibrate_f1_picks_the_best_image_threshold(detector, tmp_path):
+    from ssad.demo_data import make_demo_data
+
+    data = make_demo_data(tmp_path / "data", n_train=1, n_good=3, n_defect=1, size=32)
+    calibration = calibrate_f1(detector, data, batch_size=4)
+    assert calibration["method"] == "f1" and calibration["n_images"] == 7
+    assert calibration["n_defective"] == 4
+    assert 0 < calibration["f1_image"] <= 1 and 0 < calibration["f1_pixel"] <= 1
+    assert calibration["pixel_threshold"] > 0 and calibration["image_threshold"] > 0
+
+
+def test_ensemble_averages_normalised_heatmaps(run_dir, tmp_path):
+    other = make_run_dir(tmp_path / "b", pixel_threshold=0.2, image_threshold=0.4, seed=1)
+    ensemble = load_detector([run_dir, other])
+    assert isinstance(ensemble, Ensemble) and ensemble.pixel_threshold == 1.0
+    a, b = ensemble.detectors
+    images = np.random.default_rng(4).random((2, 24, 40, 3)).astype(np.float32)
+    expected = (a.heatmap(images) / 0.05 + b.heatmap(images) / 0.2) / 2
+    out = ensemble.predict(images)
+    np.testing.assert_allclose(out["heatmap"], expected, rtol=1e-5)
+    expected_score = (a.score(images) / 0.1 + b.score(images) / 0.4) / 2
+    np.testing.assert_allclose(out["score"], expected_score, rtol=1e-5)
+    np.testing.assert_array_equal(out["mask"], expected >= 1.0)
