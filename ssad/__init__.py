@@ -29,10 +29,11 @@ def _import_tensorflow_quietly() -> None:
 
 _import_tensorflow_quietly()
 
-from ssad import data, losses  # noqa: E402
+from ssad import data, losses, metrics  # noqa: E402
 from ssad.config import Config  # noqa: E402
+from ssad.detection import Detector  # noqa: E402
 from ssad.model import build_autoencoder  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "build_autoencoder", "data", "losses", "__version__"]
+__all__ = ["Config", "Detector", "build_autoencoder", "data", "losses", "metrics", "__version__"]

@@ -10,10 +10,13 @@ import click
 
 # Importing a command module registers its command (keep this list sorted).
 from ssad.cli import (  # noqa: F401, E402
+    calibrate,
+    evaluate,
     export,
     info,
     inspect,
     make_demo_data,
+    predict,
 )
 from ssad.cli._common import COMMANDS
 
