@@ -1,0 +1,128 @@
+"""Section ``quality``: train one variant on one data set for a fixed wall-clock budget, evaluate
+it on the data set's test images, append a row to a JSON-lines results file and return it.
+
+    python tools/benchmark.py quality --data DIR --variant NAME --minutes M [--results FILE]
+        [--preset NAME] [--image-size N] [--workdir DIR]
+
+Variants (config overrides on the preset): ``objective1`` (eq. 1, default distortion),
+``objective2`` (eq. 2 with early stopping), ``plain-ae`` (objective 0: the same model as an
+ordinary autoencoder, no distortion, MSE), ``objective1-zeros`` and ``objective1-swap`` (the other
+distortions), ``ensemble`` (the ``objective1`` and ``objective2`` runs of the same data set,
+preset, size and budget evaluated together; either is trained only when the workdir lacks it).
+Run directories: ``WORKDIR/<data set>-<preset>-<size>px-<M>min/<variant>/`` (``eval/`` inside
+holds the report). ``steps`` in a row is the optimisation steps done (summed for the ensemble);
+``seconds_per_image`` is the wall time of ``evaluate`` per test image (read, score, metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_RESULTS = REPO / "benchmarks" / "quality.jsonl"
+DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "ssad-quality"
+VARIANTS = {
+    "objective1": {"train.objective": 1},
+    "objective2": {"train.objective": 2, "train.early_stopping_patience": 3},
+    "plain-ae": {"train.objective": 0, "distortion.kind": "none"},
+    "objective1-zeros": {"train.objective": 1, "distortion.kind": "zeros"},
+    "objective1-swap": {"train.objective": 1, "distortion.kind": "swap"},
+    "ensemble": {},
+}
+ENSEMBLE = ("objective1", "objective2")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="benchmark.py quality", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, type=Path, help="MVTec-layout data set folder")
+    p.add_argument("--variant", required=True, choices=list(VARIANTS))
+    p.add_argument("--minutes", required=True, type=float, help="training budget per model")
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON-lines file")
+    p.add_argument("--preset", default="object", help="ssad config preset (default: object)")
+    p.add_argument("--image-size", type=int, help="working resolution (default: the preset's)")
+    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="run directories")
+    args = p.parse_args(argv)
+    if args.minutes <= 0:
+        p.error(f"--minutes must be > 0, got {args.minutes:g}")
+    if not (args.data / "train").is_dir() or not (args.data / "test").is_dir():
+        p.error(f"--data {args.data}: not a data set folder with train/ and test/")
+    return args
+
+
+def main(argv: list[str]) -> dict:
+    args = parse_args(argv)
+    from ssad.config import Config
+    from ssad.evaluation import evaluate
+    from ssad.training import training_config
+
+    base = training_config(
+        Config.preset(args.preset), image_size=args.image_size, max_minutes=args.minutes
+    )
+    dataset = args.data.resolve().name
+    group = args.workdir / (f"{dataset}-{args.preset}-{base.data.resolution}px-{args.minutes:g}min")
+    members = ENSEMBLE if args.variant == "ensemble" else (args.variant,)
+    run_dirs, steps = [], 0
+    for variant in members:
+        run_dir = group / variant
+        if args.variant == "ensemble" and (run_dir / "calibration.json").exists():
+            steps += json.loads((run_dir / "history.json").read_text())[-1]["step"]
+        else:
+            steps += train_variant(base, variant, args.data, run_dir)
+        run_dirs.append(run_dir)
+    found = evaluate(run_dirs, args.data, group / args.variant / "eval", progress=True)
+    row = {
+        "dataset": dataset,
+        "variant": args.variant,
+        "minutes": args.minutes,
+        "preset": args.preset,
+        "resolution": found["resolution"],
+        "image_auroc": _round(found["image_auroc"]),
+        "pixel_auroc": _round(found["pixel_auroc"]),
+        "aupro": _round(found["aupro"]),
+        "seconds_per_image": round(found["seconds"] / found["n_images"], 4),
+        "steps": steps,
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+    }
+    append_row(args.results, row)
+    return row
+
+
+def train_variant(base, variant: str, data: Path, run_dir: Path) -> int:
+    """Train ``variant`` from scratch into ``run_dir``; the number of steps done."""
+    from ssad.training import train
+
+    return train(base.override(VARIANTS[variant]), data, run_dir, resume=False).steps
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Add ``row`` as the last line of the JSON-lines file ``path`` (created when missing)."""
+    from ssad.files import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else ""
+    atomic_write_text(path, old + json.dumps(row) + "\n")
+
+
+def git_commit() -> str:
+    """The repository's commit, ``-dirty`` when the working tree has changes."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
