@@ -2,12 +2,16 @@
 
 Images come back as float32 ``[h, w, 3]`` arrays in [0, 1]: grayscale is repeated to three
 channels, alpha is dropped, 16-bit scales to [0, 1]. Decoding uses TensorFlow's decoders (PNG,
-JPEG, BMP, GIF), the same that the exported SavedModel uses on encoded bytes.
+JPEG, BMP, GIF), the same that the exported SavedModel uses on encoded bytes. Images of more
+than ``MAX_PIXELS`` pixels are refused from their header, before decoding: detection holds
+several float copies of an image at its own size (about 8 GB for 8000 x 8000).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ from ssad.files import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _IGNORED = {"thumbs.db", "desktop.ini"}
+MAX_PIXELS = 40_000_000  # raise it to read larger images (memory grows with the pixel count)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -40,12 +45,38 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode encoded bytes to float32 ``[h, w, 3]`` in [0, 1]."""
     if len(data) == 0:
         raise BadImageError(name, "empty file (0 bytes)")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise BadImageError(
+            name,
+            f"too large ({size[1]}x{size[0]} pixels, more than ssad.images.MAX_PIXELS = "
+            f"{MAX_PIXELS:,}); downscale it",
+        )
     try:
         x = tf.io.decode_image(data, dtype=tf.float32, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", str(e)).strip()  # no TF op names
+        reason = reason.splitlines()[0].rstrip(". ") if reason else type(e).__name__
         raise BadImageError(name, f"cannot decode as an image ({reason[:120]})") from None
     return to_rgb(x.numpy())
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from a PNG, JPEG, GIF or BMP header, ``None`` when not found."""
+    try:
+        if data.startswith(b"\x89PNG") and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+        elif data.startswith(b"GIF8"):
+            width, height = struct.unpack("<HH", data[6:10])
+        elif data.startswith(b"BM"):
+            width, height = struct.unpack("<ii", data[18:26])
+        elif data.startswith(b"\xff\xd8"):
+            height, width = tf.io.extract_jpeg_shape(data)[:2].numpy().tolist()
+        else:
+            return None
+    except (struct.error, tf.errors.InvalidArgumentError):
+        return None
+    return abs(height), abs(width)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
