@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 
 import click
 
@@ -15,23 +16,33 @@ COMMANDS: list[click.Command] = []
 def command(name: str | None = None, **kwargs):
     """Register a ``ssad`` sub-command with ``--debug`` and ``--skip-bad``.
 
-    The wrapped function gets ``skip_bad`` as a keyword; ``SsadError`` and ``OSError`` become
-    one line on stderr and exit status 1 (with ``--debug``: the full traceback).
+    The wrapped function gets ``skip_bad`` as a keyword. Without ``--debug``, errors print as
+    one line on stderr with exit status 1: ``SsadError`` and ``OSError`` as they are, any other
+    exception with a hint to rerun with ``--debug`` for the traceback. Ctrl-C prints
+    ``interrupted`` and exits with status 130. Warnings print as one ``warning:`` line each.
     """
 
     def decorator(fn):
         @functools.wraps(fn)
         def wrapper(*args, debug: bool, **kw):
             try:
-                return fn(*args, **kw)
+                with warnings.catch_warnings():
+                    if not debug:
+                        warnings.showwarning = _show_warning
+                    return fn(*args, **kw)
+            except (click.ClickException, click.exceptions.Exit, click.Abort):
+                raise
             except (SsadError, OSError) as e:
                 if debug:
                     raise
-                click.echo(f"error: {_one_line(e)}", err=True)
-                sys.exit(1)
+                _fail(_one_line(e))
             except KeyboardInterrupt:
                 click.echo("interrupted", err=True)
                 sys.exit(130)
+            except Exception as e:
+                if debug:
+                    raise
+                _fail(f"{type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)")
 
         wrapper = click.option("--debug", is_flag=True, help="Show full tracebacks.")(wrapper)
         wrapper = click.option(
@@ -42,6 +53,15 @@ def command(name: str | None = None, **kwargs):
         return cmd
 
     return decorator
+
+
+def _fail(message: str):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {_one_line(message)}", err=True)
 
 
 def _one_line(e: BaseException) -> str:
