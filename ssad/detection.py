@@ -76,12 +76,12 @@ class Detector:
             hint = f" ({_HOW_TO_CALIBRATE})" if missing == [CALIBRATION_FILE] else ""
             missing_text = ", ".join(missing)
             raise RunDirError(f"{run}: incomplete run directory, missing {missing_text}{hint}")
+        calibration = load_calibration(run) if (run / CALIBRATION_FILE).is_file() else None
         config = Config.load(run / CONFIG_FILE)
         try:
             model = keras.models.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
         except Exception as e:  # Keras raises many types for a damaged or foreign file
             raise RunDirError(f"{run / MODEL_FILE}: cannot load the model ({e})") from e
-        calibration = load_calibration(run) if (run / CALIBRATION_FILE).is_file() else None
         return cls(model, config, calibration)
 
     # -- thresholds ----------------------------------------------------------------------------
@@ -375,7 +375,10 @@ def _calibration(method: str, **fields) -> dict:
 
 
 def load_calibration(run_dir: str | os.PathLike) -> dict:
-    """Read ``RUN_DIR/calibration.json``; ``RunDirError`` names a bad file or key."""
+    """Read ``RUN_DIR/calibration.json``; ``RunDirError`` names a bad file or key, or a run
+    made by another major version of ssad (its ``ssad_version``)."""
+    from ssad import __version__
+
     path = Path(run_dir) / CALIBRATION_FILE
     try:
         calibration = json.loads(path.read_text(encoding="utf-8"))
@@ -384,6 +387,13 @@ def load_calibration(run_dir: str | os.PathLike) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunDirError(f"{path}: not valid JSON ({e})") from None
     _check_calibration(calibration, path)
+    made_by = str(calibration.get("ssad_version", ""))
+    major = made_by.split(".")[0]
+    if major.isdigit() and int(major) != int(__version__.split(".")[0]):
+        raise RunDirError(
+            f"{path}: this run was made by ssad {made_by}, which this ssad {__version__} cannot "
+            f"read (another major version); train it again, or use ssad {major}.x"
+        )
     return calibration
 
 
