@@ -54,6 +54,8 @@ def evaluate(
     run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
     detector = load_detector(run_dirs, threshold)
     samples = test_samples(data_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the long scan
     resolution = resolution or detector.resolution
     with_masks = has_masks(samples)
     pixel_threshold, image_threshold = detector.pixel_threshold, detector.image_threshold
@@ -94,8 +96,6 @@ def evaluate(
         data_dir=str(data_dir),
         skipped=[{"path": e.path, "problem": e.problem} for e in skipped or []],
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     _write_scores(out / "scores.csv", rows, ["path", "defect", "score", "is_anomalous"])
     write_report(out, result, curves, gallery)
