@@ -1,0 +1,118 @@
+"""The quality benchmark's table, results file and argument checks (no training here)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+from bench import quality, quality_table  # noqa: E402
+
+from ssad.errors import DataError  # noqa: E402
+
+ROWS = [
+    {"dataset": "mvtec3d_tire", "variant": "objective1", "minutes": 20.0, "preset": "object",
+     "resolution": 256, "image_auroc": 0.81234, "pixel_auroc": 0.9, "aupro": 0.61,
+     "seconds_per_image": 0.0523, "steps": 412, "commit": "abc1234", "date": "2026-11-28 16:30"},
+    {"dataset": "mvtec_bottle", "variant": "plain-ae", "minutes": 0.5, "preset": "object",
+     "resolution": 256, "image_auroc": 0.7, "pixel_auroc": None, "aupro": None,
+     "seconds_per_image": 0.1, "steps": 7, "commit": "abc1234-dirty", "date": "2026-11-28 15:30"},
+]  # fmt: skip
+
+
+def test_table_renders_rows_in_file_order(tmp_path):
+    results = tmp_path / "quality.jsonl"
+    for row in ROWS:
+        quality.append_row(results, row)
+    assert len(results.read_text().splitlines()) == 2
+    lines = quality_table.main(["--results", str(results)]).splitlines()
+    assert lines[0].startswith("| data set | variant | preset | size (px) | minutes | steps |")
+    assert lines[1] == "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    assert lines[2] == (
+        "| mvtec3d_tire | objective1 | object | 256 | 20 | 412 | 0.812 | 0.900 | 0.610 | 0.052 "
+        "| abc1234 |"
+    )
+    assert lines[3] == (
+        "| mvtec_bottle | plain-ae | object | 256 | 0.5 | 7 | 0.700 | – | – | 0.100 "
+        "| abc1234-dirty |"
+    )
+    assert len(lines) == 4
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "results file not found"),
+        ("\n", "no result rows"),
+        ('{"dataset": "x"}\nnot json\n', ":1: a result row lacks variant"),
+        (json.dumps(ROWS[0]) + "\nnot json\n", ":2: not JSON"),
+    ],
+)
+def test_table_names_file_and_line_of_bad_results(tmp_path, content, problem):
+    results = tmp_path / "r.jsonl"
+    if content is not None:
+        results.write_text(content)
+    with pytest.raises(DataError, match=problem) as caught:
+        quality_table.main(["--results", str(results)])
+    assert str(results) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--variant", "objective1", "--minutes", "1"], "required: --data"),
+        (["--data", "{data}", "--variant", "objective3", "--minutes", "1"], "invalid choice"),
+        (["--data", "{data}", "--variant", "plain-ae", "--minutes", "0"], "must be > 0"),
+        (["--data", "{data}/train", "--variant", "ensemble", "--minutes", "1"], "train/ and test/"),
+    ],
+)
+def test_quality_rejects_bad_arguments(tmp_path, capsys, args, problem):
+    for sub in ("train/good", "test/good"):
+        (tmp_path / sub).mkdir(parents=True)
+    with pytest.raises(SystemExit) as caught:
+        quality.main([a.format(data=tmp_path) for a in args])
+    assert caught.value.code == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_variants_are_config_overrides_of_the_preset():
+    from ssad.config import Config
+
+    base = Config.preset("object")
+    plain = base.override(quality.VARIANTS["plain-ae"])
+    assert (plain.train.objective, plain.distortion.kind) == (0, "none")
+    swap = base.override(quality.VARIANTS["objective1-swap"])
+    assert (swap.train.objective, swap.distortion.kind) == (1, "swap")
+    assert base.override(quality.VARIANTS["objective2"]).train.early_stopping_patience == 3
+    assert set(quality.ENSEMBLE) < set(quality.VARIANTS)
+
+
+def test_ensemble_reuses_finished_runs_and_appends_a_row(tmp_path, capsys):
+    from helpers import make_run_dir
+
+    from ssad.demo_data import make_demo_data
+
+    data = make_demo_data(tmp_path / "brick", "brick", n_train=4, n_good=3, n_defect=1, size=64)
+    group = tmp_path / "work" / "brick-tiny-64px-1min"
+    for seed, variant in enumerate(quality.ENSEMBLE):
+        make_run_dir(group / variant, "tiny", seed=seed)
+        (group / variant / "history.json").write_text(json.dumps([{"step": 10 + seed}]))
+    results = tmp_path / "r.jsonl"
+    row = quality.main(
+        ["--data", str(data), "--variant", "ensemble", "--minutes", "1", "--preset", "tiny",
+         "--workdir", str(tmp_path / "work"), "--results", str(results)]
+    )  # fmt: skip
+    assert json.loads(results.read_text()) == row
+    assert (row["dataset"], row["variant"], row["resolution"], row["steps"]) == (
+        "brick",
+        "ensemble",
+        64,
+        21,
+    )
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0 <= row[key] <= 1
+    metrics = json.loads((group / "ensemble" / "eval" / "metrics.json").read_text())
+    assert metrics["run_dirs"] == [str(group / v) for v in quality.ENSEMBLE]
+    assert metrics["n_images"] == 3 + 4
