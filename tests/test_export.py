@@ -17,7 +17,7 @@ from ssad.cli import main
 from ssad.detection import Detector, save_calibration
 from ssad.errors import SsadError
 from ssad.export import export, next_version
-from ssad.images import read_image, write_png
+from ssad.images import decode_image, encode_png, read_image, read_mask, write_png
 from ssad.scoring import anomaly_maps
 
 SIZES = [(48, 40), (72, 96)]  # neither is the tiny preset's working resolution (64)
@@ -86,6 +86,11 @@ def exported(run_dir, tmp_path_factory):
     return export(run_dir, tmp_path_factory.mktemp("export") / "tire")
 
 
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(str(exported))
+
+
 def test_first_export_is_version_1_with_provenance(exported, run_dir):
     assert exported.name == "1"
     assert (exported / "saved_model.pb").is_file()
@@ -94,20 +99,28 @@ def test_first_export_is_version_1_with_provenance(exported, run_dir):
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
-def test_outside_ssad_both_signatures_match_detector(exported, run_dir, pngs, tmp_path):
-    detector = Detector.load(run_dir)
+@pytest.fixture(scope="module")
+def served(exported, pngs, tmp_path_factory):
+    """Both signatures' outputs, from a fresh interpreter that never imports ssad: for each
+    size i, ``array{i}_*`` on [image, image flipped] and ``bytes{i}_*`` on [png, png]."""
+    folder = tmp_path_factory.mktemp("served")
     inputs = {}
     for i, path in enumerate(pngs):
         image = read_image(path)
         inputs[f"images{i}"] = np.stack([image, image[::-1, ::-1]])
-    np.savez(tmp_path / "inputs.npz", **inputs)
+    np.savez(folder / "inputs.npz", **inputs)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
     subprocess.run(
-        [sys.executable, "-c", _LOAD_AND_CALL, str(exported), str(tmp_path / "inputs.npz"),
-         str(tmp_path / "out.npz"), *map(str, pngs)],
+        [sys.executable, "-c", _LOAD_AND_CALL, str(exported), str(folder / "inputs.npz"),
+         str(folder / "out.npz"), *map(str, pngs)],
         check=True, env=env, timeout=300,
     )  # fmt: skip
-    out = np.load(tmp_path / "out.npz")
+    return inputs, dict(np.load(folder / "out.npz"))
+
+
+def test_outside_ssad_both_signatures_match_detector(served, run_dir):
+    inputs, out = served
+    detector = Detector.load(run_dir)
     for i, (h, w) in enumerate(SIZES):
         images = inputs[f"images{i}"]
         want = detector.predict(images)
@@ -123,6 +136,23 @@ def test_outside_ssad_both_signatures_match_detector(exported, run_dir, pngs, tm
             recon_got = out[f"{source}{i}_reconstruction"]
             assert recon_got.shape == (2, h, w, 3)
             np.testing.assert_allclose(recon_got, recon.numpy()[rows], atol=1e-4)
+
+
+def test_outside_ssad_matches_ssad_predict_files(served, run_dir, pngs, tmp_path):
+    _, out = served
+    args = ["predict", str(run_dir), *map(str, pngs), "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = {Path(r["path"]).name: r for r in json.loads((tmp_path / "scores.json").read_text())}
+    labels = set()
+    for i, path in enumerate(pngs):
+        row = rows[path.name]
+        assert row["score"] == pytest.approx(float(out[f"bytes{i}_score"][0]), rel=1e-5)
+        assert row["is_anomalous"] == bool(out[f"bytes{i}_is_anomalous"][0])
+        labels.add(row["is_anomalous"])
+        mask = read_mask(tmp_path / row["mask"])
+        np.testing.assert_array_equal(mask, out[f"bytes{i}_mask"][0])
+    assert labels == {True, False}
 
 
 def test_saved_model_cli_lists_both_signatures_with_dynamic_shapes(exported):
@@ -169,6 +199,20 @@ def test_next_version_follows_the_highest_number(tmp_path):
     assert next_version(tmp_path) == 8
 
 
+def test_bytes_decode_like_ssad_images_and_reject_mixed_sizes(loaded):
+    rgb = (_image(40, 48, 3) * 255).astype(np.uint8)
+    gray_alpha = np.concatenate([rgb[..., :1], np.full_like(rgb[..., :1], 100)], axis=-1)
+    encoded = [encode_png(x) for x in (rgb[..., :1], gray_alpha, np.dstack([rgb, rgb[..., :1]]))]
+    got = loaded.signatures["serving_bytes"](images_bytes=tf.constant(encoded))
+    images = np.stack([decode_image(data) for data in encoded])
+    want = loaded.signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_array_equal(got["heatmap"].numpy(), want["heatmap"].numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Incompatible shapes"):
+        loaded.signatures["serving_bytes"](
+            images_bytes=tf.constant([encoded[0], encode_png(rgb.transpose(1, 0, 2))])
+        )
+
+
 # -- the README's serving section, run against the export -----------------------------------------
 
 
@@ -194,7 +238,7 @@ def want_part(run_dir, pngs):
     return Detector.load(run_dir).predict(read_image(pngs[1]))
 
 
-def test_readme_rest_request_is_tf_serving_row_format(readme_cwd, exported, want_part):
+def test_readme_rest_request_is_tf_serving_row_format(readme_cwd, loaded, want_part):
     exec(_readme_snippet('"b64"'), {})
     request = json.loads((readme_cwd / "request.json").read_text())
     # TF Serving's row format for a one-input signature: each instance is that input's value,
@@ -203,17 +247,16 @@ def test_readme_rest_request_is_tf_serving_row_format(readme_cwd, exported, want
 
     assert set(request) == {"signature_name", "instances"}
     values = [base64.b64decode(instance["b64"]) for instance in request["instances"]]
-    serve = tf.saved_model.load(str(exported)).signatures[request["signature_name"]]
+    serve = loaded.signatures[request["signature_name"]]
     (name,) = serve.structured_input_signature[1]
     got = serve(**{name: tf.constant(values)})
     np.testing.assert_allclose(got["score"].numpy(), want_part["score"], rtol=1e-5)
     np.testing.assert_array_equal(got["mask"].numpy(), want_part["mask"])
 
 
-def test_readme_grpc_request_serialises_and_answers(readme_cwd, exported, want_part, monkeypatch):
+def test_readme_grpc_request_serialises_and_answers(readme_cwd, loaded, want_part, monkeypatch):
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    loaded = tf.saved_model.load(str(exported))
     sent = []
 
     class LocalStub:  # what TF Serving would do with the request, without a server
