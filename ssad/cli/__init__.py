@@ -11,12 +11,15 @@ import click
 # Importing a command module registers its command (keep this list sorted).
 from ssad.cli import (  # noqa: F401, E402
     calibrate,
+    demo,
+    distort,
     evaluate,
     export,
     info,
     inspect,
     make_demo_data,
     predict,
+    train,
 )
 from ssad.cli._common import COMMANDS
 

@@ -8,8 +8,8 @@ shape mask X2 in [0, 1] inside the box; blend X4 = X2 * X3 + (1 - X2) * X1 and p
 The global mask M is X2 embedded in zeros. Where X3 would leave the image (nearly) unchanged,
 for example a deformed flat colour, X3 gets a brightness shift, so ||X_hat - X||_1 > 0 always.
 
-The work is done on a fixed-size window around each box (at most ``patch_size[1]`` times the
-largest aspect factor of the image side), so its cost does not grow with the image area. All
+The work is done on the flat list of the boxes' pixels of the whole batch (gathered, then
+scattered back), so it costs in proportion to the patch area, not the image area. All
 randomness is stateless and derived from ``seed``: the same seed gives the same output.
 """
 
@@ -22,8 +22,8 @@ import tensorflow as tf
 from ssad.config import DistortionConfig
 
 _MIN_SIDE = 2  # px: the smallest patch side
-_MIN_CHANGE = 0.02  # mean |X3 - X1| under the mask below which X3 gets a brightness shift
-_SHIFT = 0.25  # that shift: up for dark pixels, down for bright ones
+_MIN_CHANGE = 1.0 / 255.0  # mean |X3 - X1| under the mask below which X3 gets a brightness shift
+_SHIFT = 0.15  # that shift: up for dark pixels, down for bright ones
 _MASK_EDGE = 0.1  # soft edge of the shape mask, in units of its noise field
 _BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)  # a Gaussian of sigma 1 cell, for the displacement grid
 
@@ -44,11 +44,9 @@ def distort(images, cfg: DistortionConfig, seed, resolution: int | None = None):
     shape = tf.shape(x)
     side = tf.cast(tf.minimum(shape[1], shape[2]) if resolution is None else resolution, tf.float32)
     scale = side / 256.0
-    x_hat, mask = x, tf.zeros_like(x[..., :1])
+    x_hat, mask = x, tf.zeros_like(x)
     for i in range(cfg.patches_per_image):
-        x_hat, m = _distort_patch(x_hat, cfg, seeds[i], scale)
-        mask = tf.maximum(mask, m)
-    mask = tf.repeat(mask, 3, axis=-1)
+        x_hat, mask = _distort_patch(x_hat, mask, cfg, seeds[i], scale)
     return tf.ensure_shape(x_hat, x.shape), tf.ensure_shape(mask, x.shape)
 
 
@@ -77,154 +75,157 @@ def _patch_boxes(batch, height, width, cfg: DistortionConfig, seed):
     return tuple(tf.cast(v, tf.int32) for v in (y0, x0, ph, pw))
 
 
-def _window_size(side, fraction: float):
-    """Static-per-batch window side that holds any patch of up to ``fraction`` of ``side``."""
+def _max_side(side, fraction: float):
+    """The largest patch side (px) that ``_patch_boxes`` can draw for an image ``side``."""
     k = tf.cast(tf.math.ceil(fraction * tf.cast(side, tf.float32)), tf.int32)
     return tf.clip_by_value(k, _MIN_SIDE, side)
 
 
-def _windows(x, y0, x0, kh, kw):
-    """The ``[b, kh, kw, c]`` windows of ``x`` whose top-left corners are ``(y0, x0)``."""
-    rows = y0[:, None] + tf.range(kh)[None, :]
-    cols = x0[:, None] + tf.range(kw)[None, :]
-    return tf.gather(tf.gather(x, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+def _box_pixels(y0, x0, ph, pw):
+    """Every pixel of every box, flat: ``(image, row, column)`` in the image and
+    ``(row, column)`` in the box, int32 ``[n]`` each."""
+    ragged = tf.ragged.range(ph * pw)
+    image = tf.cast(ragged.value_rowids(), tf.int32)
+    k = ragged.flat_values
+    width = tf.gather(pw, image)
+    ry, rx = k // width, k % width
+    return image, tf.gather(y0, image) + ry, tf.gather(x0, image) + rx, ry, rx
 
 
-def _upsample(grid, y_first, y_last, x_first, x_last, size):
-    """Bilinearly sample ``grid [b, gh, gw, c]`` on a regular ``size`` lattice running from
-    grid coordinates ``(y_first, x_first)`` to ``(y_last, x_last)`` (``[b]`` tensors, in
-    cells); outside the grid: 0."""
-    gh = tf.cast(tf.shape(grid)[1] - 1, tf.float32)
-    gw = tf.cast(tf.shape(grid)[2] - 1, tf.float32)
-    boxes = tf.stack([y_first / gh, x_first / gw, y_last / gh, x_last / gw], axis=1)
-    indices = tf.range(tf.shape(grid)[0])
-    return tf.image.crop_and_resize(grid, boxes, indices, size)
+def _bilinear(grid, image, y, x):
+    """Sample ``grid [b, h, w, c]`` at float pixel coordinates ``(y, x)`` of image ``image``
+    (``[n]`` each; clamped to the grid) -> ``[n, c]``."""
+    h, w = tf.shape(grid)[1], tf.shape(grid)[2]
+    flat = tf.reshape(grid, [-1, grid.shape[-1]])
+    y = tf.clip_by_value(y, 0.0, tf.cast(h - 1, tf.float32))
+    x = tf.clip_by_value(x, 0.0, tf.cast(w - 1, tf.float32))
+    yf, xf = tf.floor(y), tf.floor(x)
+    wy, wx = (y - yf)[:, None], (x - xf)[:, None]
+    top, left = image * h + tf.cast(yf, tf.int32), tf.cast(xf, tf.int32)
+    bottom, right = tf.minimum(top + 1, image * h + h - 1), tf.minimum(left + 1, w - 1)
+
+    def row(r):
+        a = tf.gather(flat, r * w + left)
+        return a + wx * (tf.gather(flat, r * w + right) - a)
+
+    upper = row(top)
+    return upper + wy * (row(bottom) - upper)
 
 
-def _bilinear(x, y, xx):
-    """Sample ``x [b, h, w, c]`` at float pixel coordinates ``y, xx [b, H, W]`` (in range)."""
-    y0f, x0f = tf.floor(y), tf.floor(xx)
-    wy, wx = (y - y0f)[..., None], (xx - x0f)[..., None]
-    h, w = tf.shape(x)[1], tf.shape(x)[2]
-    y0, x0 = tf.cast(y0f, tf.int32), tf.cast(x0f, tf.int32)
-    y1, x1 = tf.minimum(y0 + 1, h - 1), tf.minimum(x0 + 1, w - 1)
+def _shape_mask(batch, image, ry, rx, ph, pw, cfg: DistortionConfig, seed):
+    """X2 at the box pixels ``[n]``: a smooth blob in [0, 1], never empty.
 
-    def at(yi, xi):
-        return tf.gather_nd(x, tf.stack([yi, xi], axis=-1), batch_dims=1)
-
-    top = at(y0, x0) * (1.0 - wx) + at(y0, x1) * wx
-    bottom = at(y1, x0) * (1.0 - wx) + at(y1, x1) * wx
-    return top * (1.0 - wy) + bottom * wy
-
-
-def _shape_mask(batch, kh, kw, oy, ox, ph, pw, cfg: DistortionConfig, seed):
-    """X2 on the window: a smooth blob in [0, 1] inside the patch box, never empty.
-
-    A noise grid with cells of ``mask_sigma`` times the patch side plus a centred bump,
-    thresholded at a random quantile ``mask_threshold`` of its values with a soft edge.
+    A noise grid with cells of ``mask_sigma`` times the box side, times a bump that is 0 on
+    the box's border, thresholded at a random quantile ``mask_threshold`` of its values with
+    a soft edge.
     """
     s = tf.random.experimental.stateless_split(seed, 2)
     g = max(2, math.ceil(1.0 / cfg.mask_sigma) + 1)
     t = tf.linspace(-1.0, 1.0, g)
     bump = tf.maximum(0.0, 1.0 - t[:, None] ** 2 - t[None, :] ** 2)
-    field = 0.5 * bump + 0.5 * tf.random.stateless_uniform([batch, g, g], s[0])
+    field = bump * (0.2 + 0.8 * tf.random.stateless_uniform([batch, g, g], s[0]))
     q = tf.random.stateless_uniform([batch], s[1], *cfg.mask_threshold)
     ranked = tf.sort(tf.reshape(field, [batch, g * g]), axis=1)
     threshold = tf.gather(ranked, tf.cast(tf.round(q * (g * g - 1)), tf.int32), batch_dims=1)
 
-    oy, ox, ph, pw = (tf.cast(v, tf.float32) for v in (oy, ox, ph, pw))
+    def grid_coordinate(r, side):
+        return (tf.cast(r, tf.float32) + 0.5) / tf.cast(tf.gather(side, image), tf.float32)
+
     cells = float(g - 1)
-    fkh, fkw = tf.cast(kh, tf.float32), tf.cast(kw, tf.float32)
-    f = _upsample(
-        field[..., None],
-        (0.5 - oy) / ph * cells,
-        (fkh - 0.5 - oy) / ph * cells,
-        (0.5 - ox) / pw * cells,
-        (fkw - 0.5 - ox) / pw * cells,
-        [kh, kw],
-    )
-    iy = tf.range(fkh)[None, :, None, None]
-    ix = tf.range(fkw)[None, None, :, None]
-    inside = (
-        (iy >= oy[:, None, None, None])
-        & (iy < (oy + ph)[:, None, None, None])
-        & (ix >= ox[:, None, None, None])
-        & (ix < (ox + pw)[:, None, None, None])
-    )
+    f = _bilinear(
+        field[..., None], image, grid_coordinate(ry, ph) * cells, grid_coordinate(rx, pw) * cells
+    )[:, 0]
     # Never empty: the box's highest field value always gets a mask of at least 1/2.
-    peak = tf.reduce_max(tf.where(inside, f, -1.0), axis=[1, 2, 3])
-    threshold = tf.minimum(threshold, peak - 0.5 * _MASK_EDGE)[:, None, None, None]
-    m = tf.clip_by_value((f - threshold) / _MASK_EDGE, 0.0, 1.0)
-    return tf.where(inside, m, 0.0)
+    peak = tf.math.unsorted_segment_max(f, image, batch)
+    threshold = tf.minimum(threshold, peak - 0.5 * _MASK_EDGE)
+    return tf.clip_by_value((f - tf.gather(threshold, image)) / _MASK_EDGE, 0.0, 1.0)
 
 
-def _elastic(x1, oy, ox, ph, pw, cfg: DistortionConfig, scale, seed):
-    """X3: ``x1`` resampled along a smooth random displacement field, within the patch box.
+def _displacements(batch, image, ry, rx, max_h, max_w, cfg: DistortionConfig, scale, seed):
+    """The elastic displacement ``[n, 2]`` (px) at the box pixels.
 
     Uniform noise in [-1, 1] on a grid with cells of sigma px, smoothed by a Gaussian of one
     cell (so sigma px) and bilinearly interpolated, scaled to a standard deviation of alpha/2.
     """
     s = tf.random.experimental.stateless_split(seed, 3)
-    b, kh, kw = tf.shape(x1)[0], tf.shape(x1)[1], tf.shape(x1)[2]
-    fkh, fkw = tf.cast(kh, tf.float32), tf.cast(kw, tf.float32)
-    alpha = tf.random.stateless_uniform([b], s[0], *cfg.elastic_alpha) * scale
-    sigma = tf.random.stateless_uniform([b], s[1], *cfg.elastic_sigma) * scale
+    alpha = tf.random.stateless_uniform([batch], s[0], *cfg.elastic_alpha) * scale
+    sigma = tf.random.stateless_uniform([batch], s[1], *cfg.elastic_sigma) * scale
     min_sigma = cfg.elastic_sigma[0] * scale
     pad = len(_BINOMIAL) - 1
-    gh = tf.cast(tf.math.ceil((fkh - 1.0) / min_sigma), tf.int32) + 1 + pad
-    gw = tf.cast(tf.math.ceil((fkw - 1.0) / min_sigma), tf.int32) + 1 + pad
-    noise = tf.random.stateless_uniform(tf.stack([b, gh, gw, 2]), s[2], -1.0, 1.0)
+
+    def cells(side):
+        return tf.cast(tf.math.ceil(tf.cast(side - 1, tf.float32) / min_sigma), tf.int32) + 1
+
+    shape = tf.stack([batch, cells(max_h) + pad, cells(max_w) + pad, 2])
+    noise = tf.random.stateless_uniform(shape, s[2], -1.0, 1.0)
     k = tf.constant(_BINOMIAL) / sum(_BINOMIAL)
     kernel = tf.tile((k[:, None] * k[None, :])[:, :, None, None], [1, 1, 2, 1])
     smooth = tf.nn.depthwise_conv2d(noise, kernel, [1, 1, 1, 1], "VALID")
     unit_std = math.sqrt(1.0 / 3.0) * sum(v * v for v in _BINOMIAL) / sum(_BINOMIAL) ** 2
-    zero = tf.zeros_like(sigma)
-    field = _upsample(smooth, zero, (fkh - 1.0) / sigma, zero, (fkw - 1.0) / sigma, [kh, kw])
-    d = field * (0.5 * alpha / unit_std)[:, None, None, None]
-
-    oy, ox, ph, pw = (tf.cast(v, tf.float32)[:, None, None] for v in (oy, ox, ph, pw))
-    y = tf.clip_by_value(tf.range(fkh)[None, :, None] + d[..., 0], oy, oy + ph - 1.0)
-    xx = tf.clip_by_value(tf.range(fkw)[None, None, :] + d[..., 1], ox, ox + pw - 1.0)
-    return _bilinear(x1, y, xx)
+    per_px = tf.gather(1.0 / sigma, image)  # grid cells per pixel
+    field = _bilinear(
+        smooth, image, tf.cast(ry, tf.float32) * per_px, tf.cast(rx, tf.float32) * per_px
+    )
+    return field * tf.gather(0.5 * alpha / unit_std, image)[:, None]
 
 
-def _distort_patch(x, cfg: DistortionConfig, seed, scale):
-    """One patch per image of ``x [b, h, w, 3]``: ``(x_hat, mask [b, h, w, 1])``."""
+def _distort_patch(x, mask, cfg: DistortionConfig, seed, scale):
+    """One more patch per image of ``x [b, h, w, 3]``: ``(x_hat, mask)``, the mask the
+    maximum of ``mask`` and this patch's X2 (repeated over channels)."""
     s = tf.random.experimental.stateless_split(seed, 6)
     b, h, w = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+    flat = tf.reshape(x, [-1, 3])
     y0, x0, ph, pw = _patch_boxes(b, h, w, cfg, s[0])
-    kh = _window_size(h, cfg.patch_size[1] * math.sqrt(cfg.aspect[1]))
-    kw = _window_size(w, cfg.patch_size[1] / math.sqrt(cfg.aspect[0]))
-    wy, wx = tf.minimum(y0, h - kh), tf.minimum(x0, w - kw)  # window origin; box inside it
-    oy, ox = y0 - wy, x0 - wx  # the box's offset in its window
-    x1 = _windows(x, wy, wx, kh, kw)
-    m = _shape_mask(b, kh, kw, oy, ox, ph, pw, cfg, s[1])
+    image, y, xx, ry, rx = _box_pixels(y0, x0, ph, pw)
+    index = (image * h + y) * w + xx
+    x1 = tf.gather(flat, index)
+    m = _shape_mask(b, image, ry, rx, ph, pw, cfg, s[1])[:, None]
 
     if cfg.kind == "elastic":
-        x3 = _elastic(x1, oy, ox, ph, pw, cfg, scale, s[2])
+        max_h = _max_side(h, cfg.patch_size[1] * math.sqrt(cfg.aspect[1]))
+        max_w = _max_side(w, cfg.patch_size[1] / math.sqrt(cfg.aspect[0]))
+        d = _displacements(b, image, ry, rx, max_h, max_w, cfg, scale, s[2])
+        # Resample within the box: clamp to its rows and columns.
+        fy = tf.cast(y - ry, tf.float32) + tf.clip_by_value(
+            tf.cast(ry, tf.float32) + d[:, 0], 0.0, tf.cast(tf.gather(ph, image) - 1, tf.float32)
+        )
+        fx = tf.cast(xx - rx, tf.float32) + tf.clip_by_value(
+            tf.cast(rx, tf.float32) + d[:, 1], 0.0, tf.cast(tf.gather(pw, image) - 1, tf.float32)
+        )
+        x3 = _bilinear(x, image, fy, fx)
     elif cfg.kind == "zeros":
         x3 = tf.zeros_like(x1)
-    else:  # swap: the same window from a random place in the image
+    else:  # swap: the same box from a random place in the image
         u = tf.random.stateless_uniform([2, b], s[2])
-        sy = tf.cast(tf.floor(u[0] * tf.cast(h - kh + 1, tf.float32)), tf.int32)
-        sx = tf.cast(tf.floor(u[1] * tf.cast(w - kw + 1, tf.float32)), tf.int32)
-        x3 = _windows(x, sy, sx, kh, kw)
+        sy = tf.cast(tf.floor(u[0] * tf.cast(h - ph + 1, tf.float32)), tf.int32)
+        sx = tf.cast(tf.floor(u[1] * tf.cast(w - pw + 1, tf.float32)), tf.int32)
+        x3 = tf.gather(
+            flat, (image * h + tf.gather(sy, image) + ry) * w + tf.gather(sx, image) + rx
+        )
     if cfg.brightness and cfg.kind != "zeros":
-        gain = tf.random.stateless_uniform([b, 1, 1, 1], s[3], *cfg.brightness_scale)
-        shift = tf.random.stateless_uniform([b, 1, 1, 1], s[4], *cfg.brightness_shift)
-        x3 = tf.clip_by_value(x3 * gain + shift, 0.0, 1.0)
+        gain = tf.random.stateless_uniform([b], s[3], *cfg.brightness_scale)
+        shift = tf.random.stateless_uniform([b], s[4], *cfg.brightness_shift)
+        x3 = x3 * tf.gather(gain, image)[:, None] + tf.gather(shift, image)[:, None]
+        x3 = tf.clip_by_value(x3, 0.0, 1.0)
 
-    change = tf.reduce_sum(m * tf.abs(x3 - x1), axis=[1, 2, 3])
-    too_small = change < _MIN_CHANGE * 3.0 * tf.reduce_sum(m, axis=[1, 2, 3])
-    shifted = tf.where(x3 < 0.5, x3 + _SHIFT, x3 - _SHIFT)
-    x3 = tf.where(too_small[:, None, None, None], shifted, x3)
-    x4 = m * x3 + (1.0 - m) * x1
+    change = tf.math.unsorted_segment_sum(tf.reduce_sum(m * tf.abs(x3 - x1), axis=1), image, b)
+    area = tf.math.unsorted_segment_sum(m[:, 0], image, b)
+    too_small = tf.gather(change < _MIN_CHANGE * 3.0 * area, image)[:, None]
+    x3 = tf.where(too_small, tf.where(x3 < 0.5, x3 + _SHIFT, x3 - _SHIFT), x3)
+    x4 = m * x3 + (1.0 - m) * x1  # exactly x1 where m is 0
 
-    # Put X4 and X2 in place: scatter the windows into zeros, keep x where the mask is 0.
-    rows = tf.broadcast_to((wy[:, None] + tf.range(kh))[:, :, None], [b, kh, kw])
-    cols = tf.broadcast_to((wx[:, None] + tf.range(kw))[:, None, :], [b, kh, kw])
-    batch = tf.broadcast_to(tf.range(b)[:, None, None], [b, kh, kw])
-    indices = tf.stack([batch, rows, cols], axis=-1)
-    placed = tf.scatter_nd(indices, tf.concat([x4, m], axis=-1), tf.stack([b, h, w, 4]))
-    mask = placed[..., 3:]
-    return tf.where(mask > 0.0, placed[..., :3], x), mask
+    x_hat = tf.tensor_scatter_nd_update(flat, index[:, None], x4)
+    mask = tf.tensor_scatter_nd_max(tf.reshape(mask, [-1, 3]), index[:, None], tf.tile(m, [1, 3]))
+    return tf.reshape(x_hat, tf.shape(x)), tf.reshape(mask, tf.shape(x))
+
+
+def preview(images, cfg: DistortionConfig, seed=0):
+    """A grid to look at: one row per image of ``images [n, h, w, 3]`` in [0, 1], showing
+    original | distorted | mask, separated by white lines (float32 NumPy array)."""
+    x = tf.cast(tf.convert_to_tensor(images), tf.float32)
+    x_hat, mask = distort(x, cfg, seed)
+    gap = tf.ones_like(x[:, :, :2])
+    rows = tf.concat([x, gap, x_hat, gap, mask], axis=2)
+    rows = tf.pad(rows, [[0, 0], [0, 2], [0, 0], [0, 0]], constant_values=1.0)
+    n, h, w, c = rows.shape
+    return tf.reshape(rows, [n * h, w, c]).numpy()

@@ -1,0 +1,79 @@
+"""``python tools/benchmark.py pipeline``: training samples per second that ``train_dataset``
+delivers at 256x256 (decoded images cached, after warm-up), with and without the elastic
+distortion; the distortion alone; and the rate with tf.data limited to 1 and 2 threads.
+
+Images: the training images of ``--data`` (default: the shared tire set when present), else
+generated noise images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+_SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mvtec3d_tire"
+
+
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="benchmark.py pipeline")
+    parser.add_argument("--data", default=str(_SHARED), help="image folder or MVTec category")
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    import ssad
+    from ssad.data.readers import load_images, training_image_paths
+
+    cfg = ssad.Config.preset("texture").override({"data.resolution": args.resolution})
+    res, bs = args.resolution, args.batch_size
+    if Path(args.data).is_dir():
+        images, _ = load_images(training_image_paths(args.data), res)
+        source = str(Path(args.data).resolve())
+    else:
+        images = np.random.default_rng(0).integers(0, 256, (64, res, res, 3), np.uint8)
+        source = "generated noise"
+
+    def rate(distort: bool, threads: int | None = None) -> float:
+        ds = ssad.data.train_dataset(images, cfg, res, bs, seed=1, distort=distort)
+        if threads:
+            options = tf.data.Options()
+            options.threading.private_threadpool_size = threads
+            ds = ds.with_options(options)
+        it = iter(ds)
+        for _ in range(3):  # warm-up: tracing, autotuning, filling the prefetch buffer
+            next(it)
+        start = time.perf_counter()
+        for _ in range(args.batches):
+            next(it)
+        return args.batches * bs / (time.perf_counter() - start)
+
+    batch = tf.constant(images[:bs].astype(np.float32) / 255.0)
+    distort_fn = tf.function(lambda x, seed: ssad.data.distort(x, cfg.distortion, seed, res))
+    distort_fn(batch, tf.constant([0, 0], tf.int64))
+    start = time.perf_counter()
+    for i in range(args.batches):
+        distort_fn(batch, tf.constant([0, i], tf.int64))
+    distort_s = (time.perf_counter() - start) / (args.batches * bs)
+
+    with_distortion = rate(True)
+    without = rate(False)
+    return {
+        "samples_per_s": round(with_distortion, 1),
+        "samples_per_s_no_distortion": round(without, 1),
+        "distortion_only_samples_per_s": round(1.0 / distort_s, 1),
+        "distortion_share_of_pipeline_time": round(distort_s * with_distortion, 3),
+        "samples_per_s_1_thread": round(rate(True, threads=1), 1),
+        "samples_per_s_2_threads": round(rate(True, threads=2), 1),
+        "resolution": res,
+        "batch_size": bs,
+        "images": f"{len(images)} from {source}",
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
