@@ -11,7 +11,6 @@ import click
 # Importing a command module registers its command (keep this list sorted).
 from ssad.cli import (  # noqa: F401, E402
     calibrate,
-    demo,
     distort,
     evaluate,
     export,
@@ -19,7 +18,6 @@ from ssad.cli import (  # noqa: F401, E402
     inspect,
     make_demo_data,
     predict,
-    train,
 )
 from ssad.cli._common import COMMANDS
 
