@@ -33,10 +33,10 @@ def _l1(t):
 
 
 def _l2(t):
-    """Per-image L2 norm (not squared) with a finite gradient at zero."""
+    """Per-image L2 norm (not squared) with a finite gradient at zero; NaN stays NaN."""
     s = ops.sum(ops.square(t), axis=(1, 2, 3))
-    positive = s > 0
-    return ops.where(positive, ops.sqrt(ops.where(positive, s, 1.0)), 0.0)
+    zero = s == 0
+    return ops.where(zero, 0.0, ops.sqrt(ops.where(zero, 1.0, s)))
 
 
 def _ratio(num, den):
