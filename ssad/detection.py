@@ -58,6 +58,7 @@ class Detector:
             self._maps_graph,
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
             reduce_retracing=True,
+            autograph=False,  # plain Python control flow on static values: trace it as is
         )
 
     def _maps_graph(self, images):
@@ -66,7 +67,9 @@ class Detector:
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, require_calibration: bool = True) -> Detector:
-        """Load a run directory; ``RunDirError`` names what is missing or unreadable."""
+        """Load a run directory; ``RunDirError`` names what is missing or unreadable.
+        ``require_calibration=False``: a missing or bad ``calibration.json`` leaves the
+        detector without thresholds (for ``ssad calibrate``)."""
         run = Path(run_dir)
         if not run.is_dir():
             raise RunDirError(f"{run}: no such run directory")
@@ -76,7 +79,13 @@ class Detector:
             hint = f" ({_HOW_TO_CALIBRATE})" if missing == [CALIBRATION_FILE] else ""
             missing_text = ", ".join(missing)
             raise RunDirError(f"{run}: incomplete run directory, missing {missing_text}{hint}")
-        calibration = load_calibration(run) if (run / CALIBRATION_FILE).is_file() else None
+        calibration = None
+        if (run / CALIBRATION_FILE).is_file():
+            try:
+                calibration = load_calibration(run)
+            except RunDirError:
+                if require_calibration:
+                    raise  # else: a bad calibration is about to be replaced (ssad calibrate)
         config = Config.load(run / CONFIG_FILE)
         try:
             model = keras.models.load_model(run / MODEL_FILE, safe_mode=True, compile=False)

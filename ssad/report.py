@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 
 from ssad.files import atomic_write_bytes, atomic_write_text
-from ssad.images import encode_png
+from ssad.images import encode_png, resize
 
 PREDICTION_COLOUR = (0.0, 0.9, 1.0)
 TRUTH_COLOUR = (0.2, 1.0, 0.2)
@@ -54,12 +54,15 @@ def _outline(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 class Gallery:
-    """Keeps the ``size`` worst and ``size`` best classified images seen, rendered as PNG.
+    """Keeps the ``size`` worst and ``size`` best classified images seen.
 
     The margin of an image is how far its score lies on the right side of the image threshold,
-    relative to it (negative: misclassified). Only images that enter a top list are drawn, so
-    memory stays bounded whatever the number of images.
+    relative to it (negative: misclassified). An image that enters a top list is kept shrunk
+    to at most ``PANEL_SIDE`` pixels and drawn only at the end, so memory and time stay
+    bounded whatever the number of images.
     """
+
+    PANEL_SIDE = 320
 
     def __init__(self, size: int, pixel_threshold: float, image_threshold: float):
         self.size = size
@@ -75,35 +78,47 @@ class Gallery:
         entry = {"name": name, "defect": defect, "label": bool(label), "score": float(score)}
         for heap, key in ((self._worst, -margin), (self._best, margin)):
             if self.size and (len(heap) < self.size or key > heap[0][0]):
-                if "png" not in entry:
-                    entry["png"] = encode_png(self._panel(image, heatmap, truth))
+                if "pictures" not in entry:
+                    entry["pictures"] = self._shrink(image, heatmap, truth)
                 item = (key, next(self._order), entry)
                 if len(heap) < self.size:
                     heapq.heappush(heap, item)
                 else:
                     heapq.heapreplace(heap, item)
 
-    def _panel(self, image, heatmap, truth) -> np.ndarray:
-        """The input and its overlay side by side."""
+    def _shrink(self, image, heatmap, truth):
+        h, w = heatmap.shape
+        scale = min(1.0, self.PANEL_SIDE / max(h, w))
+        h, w = max(1, round(h * scale)), max(1, round(w * scale))
+        image = resize(np.asarray(image, np.float32), h, w)
+        heatmap = resize(np.asarray(heatmap, np.float32)[..., None], h, w)[..., 0]
+        if truth is not None:
+            truth = resize(np.asarray(truth, np.uint8)[..., None], h, w, "nearest")[..., 0] > 0
+        return image, heatmap, truth
+
+    def _png(self, entry: dict) -> bytes:
+        """The input and its overlay side by side, as PNG."""
+        image, heatmap, truth = entry["pictures"]
         gap = np.ones((image.shape[0], 4, 3), np.uint8) * 255
         picture = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         coloured = overlay(image, heatmap, self.pixel_threshold, truth)
-        return np.concatenate([picture, gap, coloured], axis=1)
+        return encode_png(np.concatenate([picture, gap, coloured], axis=1))
 
-    def sections(self) -> list[tuple[str, list[dict]]]:
-        """``[(title, entries)]``: false positives, false negatives (most wrong first), the
-        closest correct calls, then the best detected defects and cleanest good images."""
+    def sections(self) -> list[tuple[str, list[tuple[dict, bytes]]]]:
+        """``[(title, [(entry, png)])]``: false positives, false negatives (most wrong first),
+        the closest correct calls, then the best detected defects and cleanest good images."""
         worst = [e for _, _, e in sorted(self._worst, reverse=True)]
-        wrong = [e for e in worst if (e["score"] >= self.image_threshold) != e["label"]]
         shown = {id(e) for e in worst}
         best = [e for _, _, e in sorted(self._best, reverse=True) if id(e) not in shown]
-        return [
-            ("False positives", [e for e in wrong if not e["label"]]),
-            ("False negatives", [e for e in wrong if e["label"]]),
-            ("Closest correct calls", [e for e in worst if e not in wrong]),
+        wrong = {id(e) for e in worst if (e["score"] >= self.image_threshold) != e["label"]}
+        groups = [
+            ("False positives", [e for e in worst if id(e) in wrong and not e["label"]]),
+            ("False negatives", [e for e in worst if id(e) in wrong and e["label"]]),
+            ("Closest correct calls", [e for e in worst if id(e) not in wrong]),
             ("Best detected defects", [e for e in best if e["label"]]),
             ("Cleanest good images", [e for e in best if not e["label"]]),
         ]
+        return [(title, [(e, self._png(e)) for e in entries]) for title, entries in groups]
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -193,9 +208,9 @@ def write_report(out_dir: str | os.PathLike, result: dict, curves: dict, gallery
     sections = []
     for index, (title, entries) in enumerate(gallery.sections()):
         items = []
-        for i, e in enumerate(entries):
+        for i, (e, png) in enumerate(entries):
             file = f"gallery/{index}_{i}.png"
-            atomic_write_bytes(out / file, e["png"])
+            atomic_write_bytes(out / file, png)
             items.append((file, e))
         sections.append((title, items))
     atomic_write_text(out / "index.html", _html(result, figures, sections, gallery))
