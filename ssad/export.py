@@ -24,6 +24,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from ssad.detection import Detector
 from ssad.errors import SsadError
 from ssad.files import atomic_dir
 from ssad.scoring import anomaly_maps
@@ -32,17 +33,21 @@ SIGNATURES = ("serving_default", "serving_bytes")
 
 
 class ServingModule(tf.Module):
-    """The detector as a ``tf.Module``; its methods are named after the signatures."""
+    """A ``Detector`` as a ``tf.Module`` with constants baked in; its methods are named after
+    the signatures (so ``keras.layers.TFSMLayer`` finds them as attributes too)."""
 
-    def __init__(self, model, resolution, sigma, pixel_threshold, image_threshold):
+    def __init__(self, detector: Detector):
         super().__init__(name="ssad_detector")
-        self.model = model
-        self.resolution = resolution
-        self.sigma = float(sigma)
-        self.pixel_threshold = float(pixel_threshold)
-        self.image_threshold = float(image_threshold)
+        self.model = detector.model
+        self.resolution = detector.resolution
+        self.sigma = detector.sigma
+        self.pixel_threshold = detector.pixel_threshold
+        self.image_threshold = detector.image_threshold
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, "images")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, "images")],
+        autograph=False,  # the graph's Python control flow is on static values only
+    )
     def serving_default(self, images):
         heatmap, score, reconstruction = anomaly_maps(
             self.model, images, self.resolution, self.sigma
@@ -55,7 +60,9 @@ class ServingModule(tf.Module):
             "reconstruction": reconstruction,
         }
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, "images_bytes")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, "images_bytes")], autograph=False
+    )
     def serving_bytes(self, images_bytes):
         decoded = tf.map_fn(
             _decode,
@@ -72,6 +79,8 @@ def _decode(data):
 def next_version(export_base: str | os.PathLike) -> int:
     """One more than the highest numbered version folder in ``export_base`` (1 if none)."""
     base = Path(export_base)
+    if not base.is_dir():
+        return 1
     versions = [int(p.name) for p in base.iterdir() if re.fullmatch(r"\d+", p.name)]
     return max(versions, default=0) + 1
 
@@ -84,11 +93,7 @@ def export(
     ``version`` defaults to the next free number; an existing version folder is an error,
     never overwritten. The folder appears complete or not at all.
     """
-    from ssad.detection import Detector
-
-    detector = Detector.load(run_dir)
     base = Path(export_base)
-    base.mkdir(parents=True, exist_ok=True)
     if version is None:
         version = next_version(base)
     if version < 1:
@@ -99,13 +104,9 @@ def export(
             f"{target}: version {version} already exists; pick another --version "
             "or leave it out to use the next free one"
         )
-    module = ServingModule(
-        detector.model,
-        detector.resolution,
-        detector.sigma,
-        detector.pixel_threshold,
-        detector.image_threshold,
-    )
+    detector = Detector.load(run_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    module = ServingModule(detector)
     signatures = {name: getattr(module, name) for name in SIGNATURES}
     with atomic_dir(target) as tmp:
         tf.saved_model.save(module, str(tmp), signatures=signatures)

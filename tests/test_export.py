@@ -15,7 +15,7 @@ from helpers import make_run_dir
 
 from ssad.cli import main
 from ssad.detection import Detector, save_calibration
-from ssad.errors import SsadError
+from ssad.errors import RunDirError, SsadError
 from ssad.export import export, next_version
 from ssad.images import decode_image, encode_png, read_image, read_mask, write_png
 from ssad.scoring import anomaly_maps
@@ -190,6 +190,12 @@ def test_existing_version_is_an_error_not_an_overwrite(exported, run_dir):
     with pytest.raises(SsadError, match="already exists"):
         export(run_dir, exported.parent, version=1)
     assert (exported / "saved_model.pb").read_bytes() == before
+
+
+def test_bad_run_dir_is_an_error_and_creates_nothing(tmp_path):
+    with pytest.raises(RunDirError, match="missing model.keras"):
+        export(tmp_path, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
 
 
 def test_next_version_follows_the_highest_number(tmp_path):
