@@ -229,6 +229,22 @@ def _readme_snippet(marker):
     return blocks[0]
 
 
+def test_readme_model_config_parses_as_tf_serving_config():
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    section = README.read_text().split("## Export and serving", 1)[1]
+    text = re.search(r"```\n(model_config_list \{.*?)```", section, re.S).group(1)
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert (model.name, model.base_path, model.model_platform) == (
+        "tire",
+        "/models/tire",
+        "tensorflow",
+    )
+    assert "/v1/models/tire:predict" in section and '"$PWD/export/tire:/models/tire"' in section
+
+
 @pytest.fixture
 def readme_cwd(exported, pngs, monkeypatch, tmp_path):
     """A folder laid out as the README assumes: export/tire/1 and part.png."""
