@@ -33,7 +33,17 @@ from ssad import data, losses, metrics  # noqa: E402
 from ssad.config import Config  # noqa: E402
 from ssad.detection import Detector  # noqa: E402
 from ssad.model import build_autoencoder  # noqa: E402
+from ssad.training import train  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "Detector", "build_autoencoder", "data", "losses", "metrics", "__version__"]
+__all__ = [
+    "Config",
+    "Detector",
+    "build_autoencoder",
+    "data",
+    "losses",
+    "metrics",
+    "train",
+    "__version__",
+]

@@ -18,6 +18,7 @@ from ssad.cli import (  # noqa: F401, E402
     inspect,
     make_demo_data,
     predict,
+    train,
 )
 from ssad.cli._common import COMMANDS
 

@@ -1,0 +1,263 @@
+"""Keras callbacks that ``ssad.training`` puts around each stage's ``model.fit``.
+
+They share one mutable :class:`RunState` (steps, epochs, history), which the checkpoint saves
+so that a killed run can pick up where it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from ssad.errors import RunDirError, SsadError
+from ssad.files import atomic_write_bytes
+from ssad.images import encode_png
+from ssad.losses import unpack_targets
+
+
+@dataclass
+class RunState:
+    """Where a run stands; saved with every checkpoint."""
+
+    stage: int = 0  # index of the stage in progress
+    stage_steps: int = 0  # optimisation steps done in that stage
+    step: int = 0  # steps done over all stages
+    epoch: int = 0  # epochs done over all stages
+    elapsed_s: float = 0.0  # training seconds of all sessions up to the last checkpoint
+    done: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One ``fit`` call: ``steps`` (``None``: bounded by time only) and the run-clock second
+    by which the stage must end (``None``: no time limit)."""
+
+    index: int
+    crop: int
+    batch_size: int
+    steps: int | None
+    deadline_s: float | None
+
+    @property
+    def name(self) -> str:
+        return f"stage {self.index + 1} ({self.crop}px crops, batch {self.batch_size})"
+
+
+class StageLimit(keras.callbacks.Callback):
+    """Counts steps, stops the stage at its step or time budget and on a NaN/inf loss.
+
+    ``clock()`` gives run seconds. With several workers every worker must stop at the same
+    step, so the time check then happens at epoch ends through ``any_worker`` (a collective).
+    """
+
+    def __init__(
+        self,
+        state: RunState,
+        plan: StagePlan,
+        clock: Callable[[], float],
+        checkpoint_path: Path,
+        any_worker: Callable[[bool], bool] | None = None,
+    ):
+        super().__init__()
+        self.state, self.plan, self.clock = state, plan, clock
+        self.checkpoint_path, self.any_worker = checkpoint_path, any_worker
+        self.stopped_by: str | None = None
+
+    def _stop(self, reason: str) -> None:
+        self.stopped_by = reason
+        self.model.stop_training = True
+
+    def _time_is_up(self) -> bool:
+        return self.plan.deadline_s is not None and self.clock() >= self.plan.deadline_s
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.state.step += 1
+        self.state.stage_steps += 1
+        self.check_finite(logs, "loss")
+        if self.plan.steps is not None and self.state.stage_steps >= self.plan.steps:
+            self._stop("steps")
+        elif self.any_worker is None and self._time_is_up():
+            self._stop("time")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.check_finite(logs, "val_loss")
+        if self.any_worker is not None and self.any_worker(self._time_is_up()):
+            self._stop("time")
+
+    def check_finite(self, logs, key: str) -> None:
+        value = (logs or {}).get(key)
+        if value is not None and not math.isfinite(float(value)):
+            s = self.state
+            raise SsadError(
+                f"training diverged: {key} is {float(value)} at step {s.step} "
+                f"({self.plan.name}); the last good checkpoint (epoch {s.epoch}) is kept in "
+                f"{self.checkpoint_path}. Lower train.learning_rate or check the images."
+            )
+
+
+class Validation(keras.callbacks.Callback):
+    """Adds ``val_loss``, the loss on the held-out good images, to each epoch's logs.
+
+    Runs on the local device outside the distribution strategy, so every worker computes the
+    same value on the whole validation set.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, loss: keras.losses.Loss):
+        super().__init__()
+        self.dataset, self.loss = dataset, loss
+        self._per_image = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._per_image is None:
+            model, loss = self.model, self.loss
+
+            @tf.function
+            def per_image(x, y):
+                return loss.call(y, model(x, training=False))
+
+            self._per_image = per_image
+        values = [self._per_image(x, y).numpy() for x, y in self.dataset]
+        logs["val_loss"] = float(np.mean(np.concatenate(values)))
+
+
+class Summaries(keras.callbacks.Callback):
+    """TensorBoard logs without the ``tensorboard`` package: each epoch's ``loss`` and
+    ``val_loss`` and a few distorted inputs, originals and reconstructions, at the run's step.
+    """
+
+    def __init__(self, log_dir: Path, batch, state: RunState, count: int = 3):
+        super().__init__()
+        x_hat, y = batch
+        x, _, _ = unpack_targets(y[:count])
+        self.inputs, self.originals = x_hat[:count], x
+        self.writer = tf.summary.create_file_writer(str(log_dir))
+        self.state = state
+
+    def on_epoch_end(self, epoch, logs=None):
+        recon = self.model(self.inputs, training=False)
+        step = self.state.step
+        with self.writer.as_default():
+            for key in ("loss", "val_loss"):
+                if key in (logs or {}):
+                    tf.summary.write(key, float(logs[key]), step, metadata=_SCALAR)
+            for tag, images in (
+                ("distorted_input", self.inputs),
+                ("original", self.originals),
+                ("reconstruction", recon),
+            ):
+                tf.summary.write(tag, _image_blobs(np.asarray(images)), step, metadata=_IMAGE)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
+
+def _summary_metadata(plugin: str, data_class: int) -> bytes:
+    meta = summary_pb2.SummaryMetadata(data_class=data_class)
+    meta.plugin_data.plugin_name = plugin
+    return meta.SerializeToString()
+
+
+_SCALAR = _summary_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR)
+_IMAGE = _summary_metadata("images", summary_pb2.DATA_CLASS_BLOB_SEQUENCE)
+
+
+def _image_blobs(images: np.ndarray) -> tf.Tensor:
+    """TensorBoard's image summary: ``[width, height, png, png, ...]`` as strings."""
+    h, w = images.shape[1:3]
+    return tf.constant([str(w).encode(), str(h).encode()] + [encode_png(x) for x in images])
+
+
+class StageProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, with epoch headers that name the stage."""
+
+    def __init__(self, plan: StagePlan, epochs: int | None):
+        super().__init__()
+        self.plan, self.stage_epochs = plan, epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._reset_progbar()
+        self._maybe_init_progbar()
+        if self.verbose:
+            total = self.stage_epochs if self.stage_epochs is not None else "?"
+            print(f"{self.plan.name}: epoch {epoch + 1}/{total}", flush=True)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """After every epoch: record the epoch in ``state.history`` and save model weights,
+    optimizer state and ``state`` to one ``.npz`` file (atomically; only where ``write``)."""
+
+    def __init__(self, path: Path, state: RunState, plan: StagePlan, clock, write: bool):
+        super().__init__()
+        self.path, self.state, self.plan, self.clock, self.write = path, state, plan, clock, write
+
+    def on_epoch_end(self, epoch, logs=None):
+        s = self.state
+        s.epoch += 1
+        s.elapsed_s = self.clock()
+        row = {"stage": self.plan.index + 1, "crop": self.plan.crop}
+        row |= {"batch_size": self.plan.batch_size, "epoch": s.epoch, "step": s.step}
+        row |= {k: float(v) for k, v in (logs or {}).items() if k in ("loss", "val_loss")}
+        row["elapsed_s"] = round(s.elapsed_s, 3)
+        s.history.append(row)
+        save_checkpoint(self.path, self.model, s, self.write)
+
+
+def save_checkpoint(path: Path, model: keras.Model, state: RunState, write: bool) -> None:
+    """Save weights, optimizer variables and ``state``. Every worker reads the values (that
+    may take part in collectives); only ``write`` puts them on disk."""
+    arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(model.get_weights())}
+    for i, v in enumerate(model.optimizer.variables):
+        arrays[f"o{i}"] = np.asarray(v.numpy())
+    if not write:
+        return
+    buffer = io.BytesIO()
+    np.savez(buffer, state=np.array(json.dumps(asdict(state))), **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_state(path: Path) -> RunState:
+    """The :class:`RunState` saved in checkpoint ``path``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return RunState(**json.loads(str(f["state"])))
+    except (OSError, EOFError, KeyError, ValueError, TypeError) as e:
+        raise RunDirError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from e
+
+
+def load_checkpoint(path: Path, model: keras.Model) -> RunState:
+    """Restore what :func:`save_checkpoint` wrote into ``model`` (compiled, optimizer built)."""
+    state = read_state(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            weights = [f[f"w{i}"] for i in range(len(model.weights))]
+            opt_values = [f[f"o{i}"] for i in range(len(model.optimizer.variables))]
+            extra = len(f.files) - 1 - len(weights) - len(opt_values)
+    except (OSError, EOFError, KeyError, ValueError) as e:
+        raise RunDirError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from e
+    if extra:
+        raise RunDirError(f"{path}: checkpoint does not fit this model; delete it to start over")
+    try:
+        model.set_weights(weights)
+    except ValueError as e:
+        raise RunDirError(f"{path}: checkpoint does not fit this model ({e})") from e
+    for variable, value in zip(model.optimizer.variables, opt_values, strict=True):
+        variable.assign(value)
+    return state
+
+
+def run_clock(elapsed_before: float) -> Callable[[], float]:
+    """Seconds of training so far: earlier sessions' plus this one's."""
+    start = time.monotonic()
+    return lambda: elapsed_before + time.monotonic() - start

@@ -1,0 +1,57 @@
+"""``ssad train``: train on a folder of defect-free images and write a run directory."""
+
+from __future__ import annotations
+
+import click
+
+from ssad.cli._common import command
+
+
+@command("train")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory."
+)
+@click.option("--preset", default="texture", show_default=True, help="Named preset.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Config JSON.")
+@click.option("--objective", type=click.IntRange(0, 2), help="1, 2: eq. (1), (2); 0: plain AE.")
+@click.option("--lam", type=click.FloatRange(0, 1), help="Weight lambda of the objective.")
+@click.option("--image-size", type=int, help="Working resolution (stage crops scale with it).")
+@click.option("--steps", type=click.IntRange(min=1), help="Total optimisation steps.")
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Wall-clock budget; given alone, it replaces the step budget.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size of every stage.")
+@click.option("--mixed-precision", type=click.Choice(["none", "bf16", "fp16"]))
+@click.option(
+    "--strategy",
+    type=click.Choice(["default", "mirrored", "multiworker"]),
+    help="mirrored: all local GPUs; multiworker: the cluster in TF_CONFIG.",
+)
+@click.option("--seed", type=int, help="Random seed; also makes the run deterministic.")
+def train(
+    data_dir: str,
+    run_dir: str,
+    preset: str,
+    config_file: str | None,
+    skip_bad: bool,
+    seed: int | None,
+    **options,
+) -> None:
+    """Train on the defect-free images in DATA_DIR (an MVTec AD category or a folder).
+
+    Options override the preset or config file; the effective config is saved in the run
+    directory. Run the same command again to resume a run that was stopped.
+    """
+    from ssad.config import Config
+    from ssad.training import train as run_training
+    from ssad.training import training_config
+
+    base = Config.load(config_file) if config_file else Config.preset(preset)
+    if skip_bad:
+        base = base.override({"data.on_bad_image": "skip"})
+    cfg = training_config(base, seed=seed, **options)
+    result = run_training(cfg, data_dir, run_dir, deterministic=seed is not None)
+    click.echo(result.summary())

@@ -1,0 +1,234 @@
+"""Training: the run directory, resume after SIGKILL, bf16, NaN handling, determinism and the
+``ssad train`` options. Tiny models on a few 32-64 px generated images, a few steps each."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy.ndimage import gaussian_filter
+
+from ssad.callbacks import RunState, read_state
+from ssad.cli import main
+from ssad.config import Config
+from ssad.errors import ConfigError, DataError, RunDirError, SsadError
+from ssad.images import write_png
+from ssad.training import plan_stages, split_validation, train, training_config
+
+
+def make_images(folder: Path, n: int = 6, size: int = 64) -> Path:
+    """``n`` smoothed-noise textures as PNG files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        x = gaussian_filter(rng.random((size, size, 3)), (2, 2, 0))
+        write_png(folder / f"good_{i}.png", (x - x.min()) / (x.max() - x.min()))
+    return folder
+
+
+def small_config(steps: int = 4, **overrides) -> Config:
+    """Tiny model with one narrow SDC block, 32 px, one stage of batch 2, an epoch every 2
+    steps (a small graph: tracing the train step dominates these tests' time)."""
+    return Config.preset("tiny").override(
+        {
+            "model.sdc_blocks": 1,
+            "model.dilation_rates": [1, 2],
+            "data.resolution": 32,
+            "distortion.kind": "zeros",
+            "train.steps": steps,
+            "train.steps_per_epoch": 2,
+            "train.stages": [{"crop": 32, "batch_size": 2, "fraction": 1.0}],
+            **overrides,
+        }
+    )
+
+
+def run_python(code: str, *args, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def checkpoint_state(run_dir: Path) -> RunState:
+    return read_state(run_dir / "checkpoints" / "last.npz")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("good") / "images")
+
+
+def test_cli_tiny_run_writes_every_run_dir_file(images, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        main, ["train", str(images), "--out", str(run), "--preset", "tiny", "--steps", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "trained 4 steps" in result.output and str(run / "model.keras") in result.output
+    for name in ("model.keras", "config.json", "history.json", "calibration.json"):
+        assert (run / name).is_file(), name
+    expected = training_config(Config.preset("tiny"), steps=4)
+    assert Config.load(run / "config.json") == expected
+    history = json.loads((run / "history.json").read_text())
+    # tiny: 2 stages of 2 steps, one epoch each
+    assert [(h["stage"], h["crop"], h["step"]) for h in history] == [(1, 32, 2), (2, 64, 4)]
+    assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in history)
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["method"] == "good-quantile" and calibration["n_images"] == 1
+    assert 0 < calibration["pixel_threshold"] <= calibration["image_threshold"]
+    logs = sorted(p.parent.name for p in (run / "logs").rglob("events.out.tfevents.*"))
+    assert logs == ["stage1_32px", "stage2_64px"]
+    model = keras.models.load_model(run / "model.keras", safe_mode=True, compile=False)
+    assert model.output.dtype == "float32" and model.count_params() > 0
+    assert checkpoint_state(run).done and checkpoint_state(run).step == 4
+    # the same command again refuses to train over a finished run
+    again = CliRunner().invoke(
+        main, ["train", str(images), "--out", str(run), "--preset", "tiny", "--steps", "4"]
+    )
+    assert again.exit_code == 1 and "finished run" in again.output
+
+
+_KILLED_RUN = """
+import os, signal, sys
+import keras, ssad
+from ssad.training import train
+
+class KillAtStep3(keras.callbacks.Callback):
+    seen = 0
+    def on_train_batch_end(self, batch, logs=None):
+        KillAtStep3.seen += 1
+        if KillAtStep3.seen == 3:  # mid-epoch 2, after the checkpoint of epoch 1
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(ssad.Config.load(sys.argv[1]), sys.argv[2], sys.argv[3], callbacks=[KillAtStep3()],
+      verbose=0)
+"""
+
+
+def test_resume_after_sigkill(images, tmp_path):
+    cfg = small_config(steps=6)
+    cfg.save(tmp_path / "cfg.json")
+    run = tmp_path / "run"
+    killed = run_python(_KILLED_RUN, tmp_path / "cfg.json", images, run)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (run / "model.keras").exists()
+    state = checkpoint_state(run)
+    assert (state.epoch, state.step, state.done) == (1, 2, False)
+
+    result = train(cfg, images, run, verbose=0)
+    assert result.resumed_from_epoch == 1
+    assert (result.steps, result.epochs) == (6, 3)
+    history = json.loads((run / "history.json").read_text())
+    assert [h["step"] for h in history] == [2, 4, 6]
+    assert checkpoint_state(run).done
+
+
+def test_resume_refuses_other_settings(images, tmp_path):
+    cfg = small_config(steps=2)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg.save(run / "config.json")
+    state = np.array(json.dumps(asdict(RunState(epoch=1, step=2))))
+    np.savez(run / "checkpoints" / "last.npz", state=state)
+    with pytest.raises(RunDirError, match="train.lam"):
+        train(cfg.override({"train.lam": 0.3}), images, run, verbose=0)
+
+
+def test_bf16_one_step_has_finite_loss(images, tmp_path):
+    cfg = small_config(steps=1, **{"train.mixed_precision": "bf16"})
+    result = train(cfg, images, tmp_path / "run", verbose=0)
+    assert result.steps == 1 and np.isfinite(result.loss) and np.isfinite(result.val_loss)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    saved = keras.models.load_model(tmp_path / "run" / "model.keras", compile=False)
+    assert saved.layers[1].dtype_policy.name == "float32"  # portable final model
+
+
+class _PoisonAtStep3(keras.callbacks.Callback):
+    """Sets the output layer's kernel to NaN after the third step of the session."""
+
+    seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == 3:
+            kernel = self.model.get_layer("reconstruction").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(images, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(SsadError, match=r"diverged: loss is nan at step 4.*epoch 1"):
+        train(small_config(steps=6), images, run, callbacks=[_PoisonAtStep3()], verbose=0)
+    state = checkpoint_state(run)
+    assert (state.epoch, state.step) == (1, 2)
+    with np.load(run / "checkpoints" / "last.npz") as f:
+        assert all(np.isfinite(f[k]).all() for k in f.files if k != "state")
+    assert not (run / "model.keras").exists()
+
+
+_TWO_SEEDED_RUNS = """
+import sys
+import numpy as np, ssad
+from ssad.training import train
+cfg = ssad.Config.load(sys.argv[1])
+a, b = (train(cfg, sys.argv[2], f"{sys.argv[3]}/{i}", deterministic=True, verbose=0).model
+        for i in range(2))
+same = all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+print("RESULT", len(a.get_weights()), same)
+"""
+
+
+def test_same_seed_gives_identical_weights(images, tmp_path):
+    # a subprocess: op determinism is process-wide and must not leak into other tests
+    small_config(steps=2, **{"distortion.kind": "elastic"}).save(tmp_path / "cfg.json")
+    out = run_python(_TWO_SEEDED_RUNS, tmp_path / "cfg.json", images, tmp_path, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "RESULT 92 True" in out.stdout
+
+
+def test_training_config_applies_the_cli_options():
+    base = Config.preset("tiny")  # resolution 64, crops 32 and 64
+    cfg = training_config(base, image_size=128, batch_size=3, objective=2, lam=0.25, seed=5)
+    assert cfg.data.resolution == 128
+    assert [(s.crop, s.batch_size) for s in cfg.train.stages] == [(64, 3), (128, 3)]
+    assert (cfg.train.objective, cfg.train.lam, cfg.train.seed) == (2, 0.25, 5)
+    small = training_config(base, image_size=16)
+    assert [s.crop for s in small.train.stages] == [8, 16]
+    timed = training_config(base, max_minutes=2.5)
+    assert timed.train.steps is None and timed.train.max_minutes == 2.5
+    both = training_config(base, max_minutes=2.5, steps=7)
+    assert both.train.steps == 7
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        training_config(base, image_size=100)
+
+
+def test_plan_stages_splits_steps_exactly_and_time_cumulatively():
+    cfg = Config.preset("paper").override({"train.steps": 101, "train.max_minutes": 10})
+    plans = plan_stages(cfg)  # fractions 0.2, 0.4, 0.4
+    assert [p.steps for p in plans] == [20, 41, 40]
+    assert sum(p.steps for p in plans) == 101
+    assert [p.deadline_s for p in plans] == pytest.approx([120, 360, 600])
+    assert [p.steps for p in plan_stages(small_config(steps=1))] == [1]
+
+
+def test_split_validation_holds_out_at_least_one_image():
+    images = np.arange(5)[:, None, None, None] * np.ones((5, 2, 2, 3), np.uint8)
+    train_part, val = split_validation(images, 0.0, seed=0)
+    assert (len(train_part), len(val)) == (4, 1)
+    assert sorted(np.concatenate([train_part, val])[:, 0, 0, 0]) == [0, 1, 2, 3, 4]
+    with pytest.raises(DataError, match="at least 2"):
+        split_validation(images[:1], 0.1, seed=0)
