@@ -122,3 +122,24 @@ def test_ensemble_averages_normalised_heatmaps(run_dir, tmp_path):
     expected_score = (a.score(images) / 0.1 + b.score(images) / 0.4) / 2
     np.testing.assert_allclose(out["score"], expected_score, rtol=1e-5)
     np.testing.assert_array_equal(out["mask"], expected >= 1.0)
+
+
+def test_calibrate_command_stores_thresholds(tmp_path):
+    from click.testing import CliRunner
+
+    from ssad.cli import main
+    from ssad.demo_data import make_demo_data
+
+    run = make_run_dir(tmp_path / "run")
+    result = CliRunner().invoke(main, ["calibrate", str(run), "--threshold", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert load_calibration(run)["pixel_threshold"] == 0.25
+    assert load_calibration(run)["method"] == "manual"
+    data = make_demo_data(tmp_path / "data", n_train=1, n_good=3, n_defect=1, size=32)
+    args = ["calibrate", str(run), str(data), "--method", "good-quantile"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    calibration = load_calibration(run)
+    assert calibration["method"] == "good-quantile" and calibration["n_images"] == 3
+    result = CliRunner().invoke(main, ["calibrate", str(run)])
+    assert result.exit_code == 1 and "give DATA_DIR" in result.output
