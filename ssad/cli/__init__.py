@@ -11,6 +11,7 @@ import click
 # Importing a command module registers its command (keep this list sorted).
 from ssad.cli import (  # noqa: F401, E402
     calibrate,
+    demo,
     distort,
     evaluate,
     export,
