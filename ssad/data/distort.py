@@ -44,9 +44,10 @@ def distort(images, cfg: DistortionConfig, seed, resolution: int | None = None):
     shape = tf.shape(x)
     side = tf.cast(tf.minimum(shape[1], shape[2]) if resolution is None else resolution, tf.float32)
     scale = side / 256.0
-    x_hat, mask = x, tf.zeros_like(x)
+    x_hat, mask = x, None
     for i in range(cfg.patches_per_image):
-        x_hat, mask = _distort_patch(x_hat, mask, cfg, seeds[i], scale)
+        x_hat, m = _distort_patch(x_hat, cfg, seeds[i], scale)
+        mask = m if mask is None else tf.maximum(mask, m)
     return tf.ensure_shape(x_hat, x.shape), tf.ensure_shape(mask, x.shape)
 
 
@@ -169,9 +170,9 @@ def _displacements(batch, image, ry, rx, max_h, max_w, cfg: DistortionConfig, sc
     return field * tf.gather(0.5 * alpha / unit_std, image)[:, None]
 
 
-def _distort_patch(x, mask, cfg: DistortionConfig, seed, scale):
-    """One more patch per image of ``x [b, h, w, 3]``: ``(x_hat, mask)``, the mask the
-    maximum of ``mask`` and this patch's X2 (repeated over channels)."""
+def _distort_patch(x, cfg: DistortionConfig, seed, scale):
+    """One patch per image of ``x [b, h, w, 3]``: ``(x_hat, mask)``, the mask X2 embedded in
+    zeros and repeated over channels."""
     s = tf.random.experimental.stateless_split(seed, 6)
     b, h, w = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
     flat = tf.reshape(x, [-1, 3])
@@ -215,7 +216,7 @@ def _distort_patch(x, mask, cfg: DistortionConfig, seed, scale):
     x4 = m * x3 + (1.0 - m) * x1  # exactly x1 where m is 0
 
     x_hat = tf.tensor_scatter_nd_update(flat, index[:, None], x4)
-    mask = tf.tensor_scatter_nd_max(tf.reshape(mask, [-1, 3]), index[:, None], tf.tile(m, [1, 3]))
+    mask = tf.scatter_nd(index[:, None], tf.tile(m, [1, 3]), tf.shape(flat))
     return tf.reshape(x_hat, tf.shape(x)), tf.reshape(mask, tf.shape(x))
 
 

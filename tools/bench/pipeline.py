@@ -47,7 +47,7 @@ def main(argv: list[str]) -> dict:
             options.threading.private_threadpool_size = threads
             ds = ds.with_options(options)
         it = iter(ds)
-        for _ in range(3):  # warm-up: tracing, autotuning, filling the prefetch buffer
+        for _ in range(5):  # warm-up: tracing, autotuning, filling the prefetch buffer
             next(it)
         start = time.perf_counter()
         for _ in range(args.batches):
