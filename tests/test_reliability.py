@@ -258,8 +258,15 @@ def test_train_refuses_bad_inputs_before_training(corpus, tmp_path, a_file):
     assert_one_error(result, a_file / "run")
 
 
-def test_make_demo_data_into_a_file(a_file):
-    assert_one_error(ssad("make-demo-data", a_file / "demo"), a_file)
+def test_demo_and_make_demo_data_into_a_file(a_file):
+    for command in (["make-demo-data", a_file / "demo"], ["demo", "--out", a_file / "demo"]):
+        line = assert_one_error(ssad(*command), a_file)
+        assert "is a file, not a folder" in line or "Not a directory" in line
+
+
+def test_demo_refuses_a_folder_that_is_not_demo_data(tmp_path):
+    (tmp_path / "data_brick" / "train").mkdir(parents=True)
+    assert "not demo data" in assert_one_error(ssad("demo", "--out", tmp_path), tmp_path)
 
 
 # -- the real thing: subprocesses and signals -----------------------------------------------------
@@ -344,12 +351,20 @@ def test_evaluate_killed_then_rerun_gives_the_same_results(corpus, runs, tmp_pat
     assert results(report) == results(tmp_path / "uninterrupted")
 
 
+ONE_STAGE = {  # the tiny model at 32 px in one stage: the fewest traced graphs
+    "model": {"width": 0.125, "sdc_blocks": 2},
+    "data": {"resolution": 32},
+    "train": {"steps_per_epoch": 2, "stages": [{"crop": 32, "batch_size": 2, "fraction": 1}]},
+}
+
+
 def test_ctrl_c_during_train_stops_cleanly_and_resumes(corpus, tmp_path):
     """Training on the odd images with a bad one skipped; Ctrl-C after the first checkpoint."""
     data = bad_category(corpus, tmp_path)
     shutil.copy(corpus["bad"] / "empty.png", data / "train" / "good" / "empty.png")
-    run = tmp_path / "run"
-    args = ["train", str(data), "--out", str(run), "--preset", "tiny", "--skip-bad"]
+    run, config = tmp_path / "run", tmp_path / "one stage.json"
+    config.write_text(json.dumps(ONE_STAGE))
+    args = ["train", str(data), "--out", str(run), "--config", str(config), "--skip-bad"]
     proc = subprocess.Popen(
         [SSAD, *args, "--max-minutes", "10"],
         env=_env(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 
@@ -66,5 +67,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None:
+        if isinstance(e, FileExistsError) and not os.path.isdir(e.filename):
+            return f"{e.filename}: is a file, not a folder"  # mkdir through a file
         return f"{e.filename}: {e.strerror or e}"
     return " ".join(str(e).split()) or type(e).__name__
