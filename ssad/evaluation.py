@@ -16,6 +16,7 @@ import io
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,6 +59,13 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the long scan
     resolution = resolution or detector.resolution
     with_masks = has_masks(samples)
+    unmasked = [s.path for s in samples if s.mask_path is None and s.defect != "good"]
+    if unmasked and not with_masks and len(unmasked) < len(samples):
+        warnings.warn(
+            f"{unmasked[0]}: no mask ({len(unmasked)} defect images have none); "
+            "pixel metrics are off, image metrics remain",
+            stacklevel=2,
+        )
     pixel_threshold, image_threshold = detector.pixel_threshold, detector.image_threshold
     pixels: dict[str, metrics.PixelMetrics] = {}
     rows: list[dict] = []

@@ -176,6 +176,9 @@ def test_evaluate_with_a_wrong_size_mask_and_a_missing_mask(corpus, runs, tmp_pa
     assert metrics["image_auroc"] is not None and metrics["skipped"] == []
     mask = corpus["mvtec"] / "ground_truth" / "scratch" / "000_mask.png"
     assert f"warning: {mask}: mask is 30x20, image is 48x48" in result.stderr
+    unmasked = corpus["mvtec"] / "test" / "scratch" / "001.png"
+    assert f"warning: {unmasked}: no mask" in result.stderr
+    assert metrics["pixel_auroc"] is None
 
 
 def test_evaluate_bad_image_and_skip_bad(corpus, runs, tmp_path):
