@@ -37,14 +37,14 @@ def distort(
         raise click.BadParameter("must be at least 1", param_hint="-n")
     cfg = Config.load(config_file) if config_file else Config.preset(preset)
     paths = training_image_paths(data_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the images are read
     chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).astype(int)]
     images, skipped = load_images(
         chosen, cfg.data.resolution, "skip" if skip_bad else cfg.data.on_bad_image
     )
     for path, reason in skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     target = out / "distortions.png"
     write_png(target, preview(images / 255.0, cfg.distortion, seed))
     click.echo(str(target))
