@@ -14,11 +14,13 @@ from ssad.errors import DataError  # noqa: E402
 
 ROWS = [
     {"dataset": "mvtec3d_tire", "variant": "objective1", "minutes": 20.0, "preset": "object",
-     "resolution": 256, "image_auroc": 0.81234, "pixel_auroc": 0.9, "aupro": 0.61,
-     "seconds_per_image": 0.0523, "steps": 412, "commit": "abc1234", "date": "2026-11-28 16:30"},
+     "resolution": 256, "mixed_precision": "bf16", "image_auroc": 0.81234, "pixel_auroc": 0.9,
+     "aupro": 0.61, "seconds_per_image": 0.0523, "steps": 412, "commit": "abc1234",
+     "date": "2026-11-28 16:30"},
     {"dataset": "mvtec_bottle", "variant": "plain-ae", "minutes": 0.5, "preset": "object",
-     "resolution": 256, "image_auroc": 0.7, "pixel_auroc": None, "aupro": None,
-     "seconds_per_image": 0.1, "steps": 7, "commit": "abc1234-dirty", "date": "2026-11-28 15:30"},
+     "resolution": 256, "mixed_precision": "none", "image_auroc": 0.7, "pixel_auroc": None,
+     "aupro": None, "seconds_per_image": 0.1, "steps": 7, "commit": "abc1234-dirty",
+     "date": "2026-11-28 15:30"},
 ]  # fmt: skip
 
 
@@ -28,14 +30,17 @@ def test_table_renders_rows_in_file_order(tmp_path):
         quality.append_row(results, row)
     assert len(results.read_text().splitlines()) == 2
     lines = quality_table.main(["--results", str(results)]).splitlines()
-    assert lines[0].startswith("| data set | variant | preset | size (px) | minutes | steps |")
-    assert lines[1] == "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    assert lines[0].startswith("| data set | variant | preset | size (px) | precision | minutes |")
+    assert (
+        lines[1]
+        == "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    )
     assert lines[2] == (
-        "| mvtec3d_tire | objective1 | object | 256 | 20 | 412 | 0.812 | 0.900 | 0.610 | 0.052 "
-        "| abc1234 |"
+        "| mvtec3d_tire | objective1 | object | 256 | bf16 | 20 | 412 | 0.812 | 0.900 | 0.610 "
+        "| 0.052 | abc1234 |"
     )
     assert lines[3] == (
-        "| mvtec_bottle | plain-ae | object | 256 | 0.5 | 7 | 0.700 | – | – | 0.100 "
+        "| mvtec_bottle | plain-ae | object | 256 | none | 0.5 | 7 | 0.700 | – | – | 0.100 "
         "| abc1234-dirty |"
     )
     assert len(lines) == 4
@@ -95,7 +100,7 @@ def test_ensemble_reuses_finished_runs_and_appends_a_row(tmp_path, capsys):
     from ssad.demo_data import make_demo_data
 
     data = make_demo_data(tmp_path / "brick", "brick", n_train=4, n_good=3, n_defect=1, size=64)
-    group = tmp_path / "work" / "brick-tiny-64px-1min"
+    group = tmp_path / "work" / "brick-tiny-64px-none-1min"
     for seed, variant in enumerate(quality.ENSEMBLE):
         make_run_dir(group / variant, "tiny", seed=seed)
         (group / variant / "history.json").write_text(json.dumps([{"step": 10 + seed}]))

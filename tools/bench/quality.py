@@ -2,16 +2,17 @@
 it on the data set's test images, append a row to a JSON-lines results file and return it.
 
     python tools/benchmark.py quality --data DIR --variant NAME --minutes M [--results FILE]
-        [--preset NAME] [--image-size N] [--workdir DIR]
+        [--preset NAME] [--image-size N] [--mixed-precision none|bf16|fp16] [--workdir DIR]
 
 Variants (config overrides on the preset): ``objective1`` (eq. 1, default distortion),
 ``objective2`` (eq. 2 with early stopping), ``plain-ae`` (objective 0: the same model as an
 ordinary autoencoder, no distortion, MSE), ``objective1-zeros`` and ``objective1-swap`` (the other
 distortions), ``ensemble`` (the ``objective1`` and ``objective2`` runs of the same data set,
-preset, size and budget evaluated together; either is trained only when the workdir lacks it).
-Run directories: ``WORKDIR/<data set>-<preset>-<size>px-<M>min/<variant>/`` (``eval/`` inside
-holds the report). ``steps`` in a row is the optimisation steps done (summed for the ensemble);
-``seconds_per_image`` is the wall time of ``evaluate`` per test image (read, score, metrics).
+preset, size, precision and budget evaluated together; either is trained only when the workdir
+lacks it). Run directories: ``WORKDIR/<data set>-<preset>-<size>px-<precision>-<M>min/<variant>/``
+(``eval/`` inside holds the report). ``steps`` in a row is the optimisation steps done (summed for
+the ensemble); ``seconds_per_image`` is the wall time of ``evaluate`` per test image (read, score,
+metrics); ``mixed_precision`` is the training precision (evaluation runs in float32).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON-lines file")
     p.add_argument("--preset", default="object", help="ssad config preset (default: object)")
     p.add_argument("--image-size", type=int, help="working resolution (default: the preset's)")
+    p.add_argument(
+        "--mixed-precision", choices=("none", "bf16", "fp16"), help="default: the preset's"
+    )
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="run directories")
     args = p.parse_args(argv)
     if args.minutes <= 0:
@@ -61,10 +65,14 @@ def main(argv: list[str]) -> dict:
     from ssad.training import training_config
 
     base = training_config(
-        Config.preset(args.preset), image_size=args.image_size, max_minutes=args.minutes
+        Config.preset(args.preset),
+        image_size=args.image_size,
+        max_minutes=args.minutes,
+        mixed_precision=args.mixed_precision,
     )
-    dataset = args.data.resolve().name
-    group = args.workdir / (f"{dataset}-{args.preset}-{base.data.resolution}px-{args.minutes:g}min")
+    dataset, precision = args.data.resolve().name, base.train.mixed_precision
+    size = base.data.resolution
+    group = args.workdir / f"{dataset}-{args.preset}-{size}px-{precision}-{args.minutes:g}min"
     members = ENSEMBLE if args.variant == "ensemble" else (args.variant,)
     run_dirs, steps = [], 0
     for variant in members:
@@ -81,6 +89,7 @@ def main(argv: list[str]) -> dict:
         "minutes": args.minutes,
         "preset": args.preset,
         "resolution": found["resolution"],
+        "mixed_precision": precision,
         "image_auroc": _round(found["image_auroc"]),
         "pixel_auroc": _round(found["pixel_auroc"]),
         "aupro": _round(found["aupro"]),

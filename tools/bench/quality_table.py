@@ -18,6 +18,7 @@ COLUMNS = {  # row key -> column title
     "variant": "variant",
     "preset": "preset",
     "resolution": "size (px)",
+    "mixed_precision": "precision",
     "minutes": "minutes",
     "steps": "steps",
     "image_auroc": "image AUROC",
@@ -26,7 +27,13 @@ COLUMNS = {  # row key -> column title
     "seconds_per_image": "s / image",
     "commit": "commit",
 }
-TEXT = ("dataset", "variant", "preset", "commit")  # left-aligned; the others are numbers
+TEXT = (
+    "dataset",
+    "variant",
+    "preset",
+    "mixed_precision",
+    "commit",
+)  # left-aligned; the others are numbers
 DECIMALS3 = ("image_auroc", "pixel_auroc", "aupro", "seconds_per_image")
 
 
