@@ -6,7 +6,8 @@
 Times ``ssad.scoring.anomaly_maps`` in a ``tf.function`` (what ``Detector`` and the export
 run: resize, pad, autoencoder, heatmap, smoothing, score) on random images, for each preset,
 square size, batch and compute dtype. The same run measures ``tf.matmul`` of two 4096x4096
-matrices in each dtype (before and after the models; the faster is the peak), and reports
+matrices in each dtype (twice at the start and once before each row; the best is the peak),
+and reports
 
 - ``images_per_s`` (best of ``repeats`` timed calls after one warm-up call);
 - ``fraction_of_matmul_peak`` = model FLOP per image (``ssad.model.count_flops``) x
@@ -50,28 +51,28 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
-def _best_seconds(fn, x, repeats: int):
-    """``(best wall time, first output as numpy)`` of ``repeats`` timed calls ``fn(x)`` after
-    one warm-up call, which traces; each call waits for the first output."""
+def _best_seconds(fn, x, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls ``fn(x)``, each waiting for the first output."""
     import tensorflow as tf
 
-    first = tf.nest.flatten(fn(x))[0].numpy()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         tf.nest.flatten(fn(x))[0].numpy()
         times.append(time.perf_counter() - start)
-    return min(times), first
+    return min(times)
 
 
-def _matmul_flops(dtype: str, repeats: int) -> float:
+def _matmul_probe(dtype: str):
+    """A function that times one 4096x4096 ``tf.matmul`` in ``dtype`` and returns FLOP/s."""
     import tensorflow as tf
 
     rng = tf.random.Generator.from_seed(0)
     a = tf.cast(rng.normal((N_MATMUL, N_MATMUL)), dtype)
     b = tf.cast(rng.normal((N_MATMUL, N_MATMUL)), dtype)
-    seconds, _ = _best_seconds(tf.function(lambda x: tf.matmul(x, b)), a, repeats)
-    return 2 * N_MATMUL**3 / seconds
+    matmul = tf.function(lambda x: tf.matmul(x, b))
+    matmul(a).numpy()
+    return lambda: 2 * N_MATMUL**3 / _best_seconds(matmul, a, 1)
 
 
 def _log(message: str) -> None:
@@ -80,7 +81,7 @@ def _log(message: str) -> None:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmark.py inference")
-    p.add_argument("--quick", action="store_true", help="512 px and batch 1 only, 1 repeat")
+    p.add_argument("--quick", action="store_true", help="512 px and batch 1 only, 2 repeats")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 3)")
     p.add_argument("--presets", default="paper,demo", help="comma-separated; '' for none")
     p.add_argument("--run", action="append", default=[], help="also time this trained run")
@@ -90,7 +91,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.sizes = args.sizes or ("512" if args.quick else "256,512")
     args.batches = args.batches or ("1" if args.quick else "1,8")
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.repeats = args.repeats or (2 if args.quick else 3)
     if args.dtypes is None:
         bf16 = {"avx512_bf16", "amx_bf16"} & set(_cpuinfo().get("flags", "").split())
         args.dtypes = "float32,bfloat16" if bf16 else "float32"
@@ -108,8 +109,8 @@ def main(argv: list[str]) -> dict:
     from ssad.scoring import anomaly_maps
 
     dtypes = args.dtypes.split(",")
-    matmul_repeats = max(2, args.repeats)
-    peaks = {d: _matmul_flops(d, matmul_repeats) for d in dtypes}
+    probes = {d: _matmul_probe(d) for d in dtypes}
+    peaks = {d: max(probes[d]() for _ in range(2)) for d in dtypes}
     _log(f"matmul: {', '.join(f'{d} {v / 1e9:.0f} GFLOP/s' for d, v in peaks.items())}")
 
     models = []
@@ -129,10 +130,14 @@ def main(argv: list[str]) -> dict:
                 images = tf.random.stateless_uniform((batch, size, size, 3), seed=(size, batch))
                 heatmaps = {}
                 for dtype in dtypes:
+                    # The peak is the best matmul seen in the run, probed again before each
+                    # row, so that a busy moment does not inflate the fractions.
+                    peaks[dtype] = max(peaks[dtype], probes[dtype]())
                     maps = tf.function(
                         partial(anomaly_maps, model, resolution=size, sigma=sigma, dtype=dtype)
                     )
-                    seconds, heatmaps[dtype] = _best_seconds(maps, images, args.repeats)
+                    heatmaps[dtype] = maps(images)[0].numpy()  # also traces
+                    seconds = _best_seconds(maps, images, args.repeats)
                     row = {
                         "preset": preset,
                         "size": size,
@@ -140,11 +145,11 @@ def main(argv: list[str]) -> dict:
                         "dtype": dtype,
                         "images_per_s": batch / seconds,
                         "flop_per_image": flops,
-                        "fraction_of_matmul_peak": flops * batch / seconds / peaks[dtype],
                     }
                     note = ""
                     if dtype == "float32":
-                        k, _ = _best_seconds(keras_forward, images, args.repeats)
+                        keras_forward(images)
+                        k = _best_seconds(keras_forward, images, args.repeats)
                         row["keras_images_per_s"] = batch / k
                         note = f", stock Keras forward {batch / k:.3f} img/s"
                     elif "float32" in heatmaps:
@@ -154,19 +159,16 @@ def main(argv: list[str]) -> dict:
                         row["bfloat16_speedup"] = row["images_per_s"] / base["images_per_s"]
                         note = f", {row['bfloat16_speedup']:.2f}x float32, max diff {diff:.1e}"
                     rows.append(row)
+                    fraction = flops * row["images_per_s"] / peaks[dtype]
                     _log(
                         f"{preset} {size}px batch {batch} {dtype}: "
                         f"{row['images_per_s']:.3f} img/s, "
-                        f"{row['fraction_of_matmul_peak']:.2f} of matmul peak{note}"
+                        f"{fraction:.2f} of matmul peak so far{note}"
                     )
-    # A second matmul measurement: the machine may have been busier at the start.
-    for d in dtypes:
-        later = _matmul_flops(d, matmul_repeats)
-        if later > peaks[d]:
-            for row in rows:
-                if row["dtype"] == d:
-                    row["fraction_of_matmul_peak"] *= peaks[d] / later
-            peaks[d] = later
+    for row in rows:
+        row["fraction_of_matmul_peak"] = (
+            row["flop_per_image"] * row["images_per_s"] / peaks[row["dtype"]]
+        )
     return {
         "matmul_flops_per_s": peaks,
         "results": rows,
