@@ -64,3 +64,23 @@ def test_follows_weight_changes(trained_like_model, images):
         assert np.abs(after - before).max() > 0.05
     finally:
         bn.set_weights(old)
+
+
+def test_layers_that_cannot_be_folded(images):
+    """BN after an activation, a conv output used twice, and other layers run as in Keras."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((None, None, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    b = keras.layers.BatchNormalization()(a)
+    c = keras.layers.Conv2D(4, 3, padding="same", dilation_rate=2, use_bias=False)(b)
+    d = keras.layers.BatchNormalization()(c)
+    e = keras.layers.Add()([c, d])
+    outputs = keras.layers.Conv2D(3, 1, activation="sigmoid")(e)
+    model = keras.Model(inputs, outputs)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([w + 0.3 for w in layer.get_weights()])
+    expected = model(images, training=False).numpy()
+    np.testing.assert_allclose(inference_forward(model, images).numpy(), expected, atol=1e-5)
+    bf16 = inference_forward(model, images, "bfloat16").numpy()
+    assert np.abs(bf16 - expected).max() < 0.03
