@@ -178,9 +178,13 @@ def _distort_patch(x, cfg: DistortionConfig, seed, scale):
     flat = tf.reshape(x, [-1, 3])
     y0, x0, ph, pw = _patch_boxes(b, h, w, cfg, s[0])
     image, y, xx, ry, rx = _box_pixels(y0, x0, ph, pw)
+    m = _shape_mask(b, image, ry, rx, ph, pw, cfg, s[1])
+    # From here on only the pixels under the blob (about half the box) matter.
+    keep = tf.where(m > 0.0)[:, 0]
+    image, y, xx, ry, rx, m = (tf.gather(v, keep) for v in (image, y, xx, ry, rx, m))
+    m = m[:, None]
     index = (image * h + y) * w + xx
     x1 = tf.gather(flat, index)
-    m = _shape_mask(b, image, ry, rx, ph, pw, cfg, s[1])[:, None]
 
     if cfg.kind == "elastic":
         max_h = _max_side(h, cfg.patch_size[1] * math.sqrt(cfg.aspect[1]))
@@ -213,7 +217,7 @@ def _distort_patch(x, cfg: DistortionConfig, seed, scale):
     area = tf.math.unsorted_segment_sum(m[:, 0], image, b)
     too_small = tf.gather(change < _MIN_CHANGE * 3.0 * area, image)[:, None]
     x3 = tf.where(too_small, tf.where(x3 < 0.5, x3 + _SHIFT, x3 - _SHIFT), x3)
-    x4 = m * x3 + (1.0 - m) * x1  # exactly x1 where m is 0
+    x4 = m * x3 + (1.0 - m) * x1
 
     x_hat = tf.tensor_scatter_nd_update(flat, index[:, None], x4)
     mask = tf.scatter_nd(index[:, None], tf.tile(m, [1, 3]), tf.shape(flat))

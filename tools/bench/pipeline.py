@@ -1,6 +1,7 @@
 """``python tools/benchmark.py pipeline``: training samples per second that ``train_dataset``
 delivers at 256x256 (decoded images cached, after warm-up), with and without the elastic
-distortion; the distortion alone; and the rate with tf.data limited to 1 and 2 threads.
+distortion; the CPU time per sample (which, unlike the rate, does not depend on what else runs
+on the machine); the distortion alone; and the rate with tf.data limited to 1 and 2 threads.
 
 Images: the training images of ``--data`` (default: the shared tire set when present), else
 generated noise images.
@@ -23,7 +24,7 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--data", default=str(_SHARED), help="image folder or MVTec category")
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
+    parser.add_argument("--batches", type=int, default=40, help="timed batches per measurement")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -40,19 +41,21 @@ def main(argv: list[str]) -> dict:
         images = np.random.default_rng(0).integers(0, 256, (64, res, res, 3), np.uint8)
         source = "generated noise"
 
-    def rate(distort: bool, threads: int | None = None) -> float:
+    def rate(distort: bool, threads: int | None = None) -> tuple[float, float]:
+        """(samples per second, CPU milliseconds per sample: robust to a shared machine)"""
         ds = ssad.data.train_dataset(images, cfg, res, bs, seed=1, distort=distort)
         if threads:
             options = tf.data.Options()
             options.threading.private_threadpool_size = threads
             ds = ds.with_options(options)
         it = iter(ds)
-        for _ in range(5):  # warm-up: tracing, autotuning, filling the prefetch buffer
+        for _ in range(10):  # warm-up: tracing, autotuning, filling the prefetch buffer
             next(it)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(args.batches):
             next(it)
-        return args.batches * bs / (time.perf_counter() - start)
+        n = args.batches * bs
+        return n / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / n
 
     batch = tf.constant(images[:bs].astype(np.float32) / 255.0)
     distort_fn = tf.function(lambda x, seed: ssad.data.distort(x, cfg.distortion, seed, res))
@@ -62,15 +65,18 @@ def main(argv: list[str]) -> dict:
         distort_fn(batch, tf.constant([0, i], tf.int64))
     distort_s = (time.perf_counter() - start) / (args.batches * bs)
 
-    with_distortion = rate(True)
-    without = rate(False)
+    without, cpu_without = rate(False)
+    with_distortion, cpu_with = rate(True)
     return {
         "samples_per_s": round(with_distortion, 1),
         "samples_per_s_no_distortion": round(without, 1),
+        "distortion_share_of_pipeline_time": round(1.0 - with_distortion / without, 3),
+        "cpu_ms_per_sample": round(cpu_with, 2),
+        "cpu_ms_per_sample_no_distortion": round(cpu_without, 2),
+        "distortion_share_of_cpu_time": round(1.0 - cpu_without / cpu_with, 3),
         "distortion_only_samples_per_s": round(1.0 / distort_s, 1),
-        "distortion_share_of_pipeline_time": round(distort_s * with_distortion, 3),
-        "samples_per_s_1_thread": round(rate(True, threads=1), 1),
-        "samples_per_s_2_threads": round(rate(True, threads=2), 1),
+        "samples_per_s_1_thread": round(rate(True, threads=1)[0], 1),
+        "samples_per_s_2_threads": round(rate(True, threads=2)[0], 1),
         "resolution": res,
         "batch_size": bs,
         "images": f"{len(images)} from {source}",
