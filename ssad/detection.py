@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from ssad import metrics
 from ssad.config import Config
-from ssad.errors import BadImageError, DataError, RunDirError
+from ssad.errors import BadImageError, DataError, RunDirError, VersionError
 from ssad.files import atomic_write_text
 from ssad.images import resize, to_rgb
 from ssad.scoring import anomaly_maps
@@ -83,8 +83,8 @@ class Detector:
         if (run / CALIBRATION_FILE).is_file():
             try:
                 calibration = load_calibration(run)
-            except RunDirError:
-                if require_calibration:
+            except RunDirError as e:
+                if require_calibration or isinstance(e, VersionError):
                     raise  # else: a bad calibration is about to be replaced (ssad calibrate)
         config = Config.load(run / CONFIG_FILE)
         try:
@@ -348,6 +348,11 @@ def calibrate_f1(
 
     samples = test_samples(data_dir)
     with_masks = has_masks(samples)
+    if not with_masks and detector.calibration is None:
+        raise DataError(
+            f"{data_dir}: not every defect image has a mask, so F1 cannot choose the pixel "
+            "threshold and the run has none yet; use --method good-quantile"
+        )
     pixels = metrics.PixelMetrics()
     labels, scores = [], []
     for sample, _, mask, heatmap, score in scan(
@@ -395,14 +400,14 @@ def load_calibration(run_dir: str | os.PathLike) -> dict:
         raise RunDirError(f"{path}: not found ({_HOW_TO_CALIBRATE})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunDirError(f"{path}: not valid JSON ({e})") from None
-    _check_calibration(calibration, path)
-    made_by = str(calibration.get("ssad_version", ""))
+    made_by = str(calibration.get("ssad_version", "")) if isinstance(calibration, dict) else ""
     major = made_by.split(".")[0]
     if major.isdigit() and int(major) != int(__version__.split(".")[0]):
-        raise RunDirError(
+        raise VersionError(
             f"{path}: this run was made by ssad {made_by}, which this ssad {__version__} cannot "
             f"read (another major version); train it again, or use ssad {major}.x"
         )
+    _check_calibration(calibration, path)
     return calibration
 
 

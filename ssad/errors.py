@@ -24,3 +24,7 @@ class DataError(SsadError):
 
 class RunDirError(SsadError):
     """A run directory that is missing, incomplete or from an incompatible version."""
+
+
+class VersionError(RunDirError):
+    """A run directory made by an incompatible (another major) version of ssad."""
