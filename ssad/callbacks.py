@@ -72,11 +72,6 @@ class StageLimit(keras.callbacks.Callback):
         super().__init__()
         self.state, self.plan, self.clock = state, plan, clock
         self.checkpoint_path, self.any_worker = checkpoint_path, any_worker
-        self.stopped_by: str | None = None
-
-    def _stop(self, reason: str) -> None:
-        self.stopped_by = reason
-        self.model.stop_training = True
 
     def _time_is_up(self) -> bool:
         return self.plan.deadline_s is not None and self.clock() >= self.plan.deadline_s
@@ -86,14 +81,14 @@ class StageLimit(keras.callbacks.Callback):
         self.state.stage_steps += 1
         self.check_finite(logs, "loss")
         if self.plan.steps is not None and self.state.stage_steps >= self.plan.steps:
-            self._stop("steps")
+            self.model.stop_training = True
         elif self.any_worker is None and self._time_is_up():
-            self._stop("time")
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         self.check_finite(logs, "val_loss")
         if self.any_worker is not None and self.any_worker(self._time_is_up()):
-            self._stop("time")
+            self.model.stop_training = True
 
     def check_finite(self, logs, key: str) -> None:
         value = (logs or {}).get(key)

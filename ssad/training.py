@@ -190,6 +190,7 @@ def train(
     cfg = config
     plans = plan_stages(cfg)
     strategy = _make_strategy(cfg.train.strategy)
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     chief = _is_chief(strategy)
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoints" / "last.npz"
@@ -211,8 +212,14 @@ def train(
     try:
         with strategy.scope():
             model = build_autoencoder(cfg.model)
+            if multiworker:
+                model = _MultiWorkerModel(model.inputs, model.outputs, name=model.name)
             model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), loss=loss)
             model.optimizer.build(model.trainable_variables)
+        if multiworker:
+            # Keras 3 fails to pre-build a model of several workers (keras-team/keras#20585):
+            # forget the strategy captured at creation; fit runs in the strategy's scope.
+            model._distribute_strategy = None
         state = RunState()
         if resume and ckpt_path.exists():
             state = load_checkpoint(ckpt_path, model)
@@ -319,15 +326,16 @@ def _fit_stage(
         if plan.deadline_s is not None:
             budget.append(f"until {plan.deadline_s / 60:.1f} min")
         print(f"{plan.name}: {' or '.join(budget)}", flush=True)
-    model.fit(
-        dataset,
-        epochs=epochs if epochs is not None else 2**31 - 1,
-        initial_epoch=done_epochs,
-        steps_per_epoch=spe,
-        callbacks=cbs + list(user_callbacks),
-        shuffle=False,
-        verbose=verbose,
-    )
+    with strategy.scope():
+        model.fit(
+            dataset,
+            epochs=epochs if epochs is not None else 2**31 - 1,
+            initial_epoch=done_epochs,
+            steps_per_epoch=spe,
+            callbacks=cbs + list(user_callbacks),
+            shuffle=False,
+            verbose=verbose,
+        )
 
 
 def split_validation(
@@ -343,6 +351,14 @@ def split_validation(
     n_val = min(n - 1, max(1, round(fraction * n)))
     order = np.random.default_rng(seed).permutation(n)
     return images[np.sort(order[n_val:])], images[np.sort(order[:n_val])]
+
+
+class _MultiWorkerModel(keras.Model):
+    """The autoencoder with step logs of shape ``[1]``: Keras 3's ``fit`` averages the logs
+    of several workers along an axis that scalars lack (keras-team/keras#20585)."""
+
+    def train_step(self, data):
+        return {k: keras.ops.reshape(v, (1,)) for k, v in super().train_step(data).items()}
 
 
 def _make_strategy(name: str) -> tf.distribute.Strategy:
@@ -373,11 +389,11 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
 def _any_worker(strategy: tf.distribute.Strategy):
     """``any_worker(flag)``: True when ``flag`` is True on any worker (a collective call)."""
 
-    def any_worker(flag: bool) -> bool:
-        value = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
-        return bool(strategy.reduce(tf.distribute.ReduceOp.MAX, value, axis=None) > 0)
+    @tf.function
+    def count(flag):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: flag), axis=None)
 
-    return any_worker
+    return lambda flag: bool(count(tf.constant(1.0 if flag else 0.0)) > 0)
 
 
 def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, chief: bool) -> None:
