@@ -132,6 +132,18 @@ def test_debug_shows_the_exception(corpus, runs, tmp_path):
     assert result.exception.path == str(bad)
 
 
+def test_unexpected_exception_is_one_line_with_a_hint(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise ValueError("something\nunforeseen")
+
+    monkeypatch.setattr("ssad.evaluation.predict_files", broken)
+    result = ssad("predict", tmp_path, "x.png", "--out", tmp_path / "out")
+    line = assert_one_error(result, "ValueError: something unforeseen")
+    assert line.endswith("(rerun with --debug for the traceback)")
+    result = ssad("predict", tmp_path, "x.png", "--out", tmp_path / "out", "--debug")
+    assert isinstance(result.exception, ValueError)
+
+
 # -- run directories: not one, from another version, unsafe model ---------------------------------
 
 
