@@ -189,6 +189,30 @@ class StageProgbar(keras.callbacks.ProgbarLogger):
             print(f"{self.plan.name}: epoch {epoch + 1}/{total}", flush=True)
 
 
+class SyncStatistics(keras.callbacks.Callback):
+    """Averages the non-trainable variables (batch-norm moving statistics, which each worker
+    updates from its own batches) over all replicas at every epoch end, so that the workers
+    of a multi-worker run checkpoint and finish with equal weights."""
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        super().__init__()
+        self.strategy = strategy
+        self._sync = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._sync is None:
+            strategy, variables = self.strategy, self.model.non_trainable_variables
+
+            @tf.function
+            def sync():
+                local = strategy.run(lambda: [tf.identity(v.value) for v in variables])
+                for v, value in zip(variables, local, strict=True):
+                    v.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
+
+            self._sync = sync
+        self._sync()
+
+
 class Checkpoint(keras.callbacks.Callback):
     """After every epoch: record the epoch in ``state.history`` and save model weights,
     optimizer state and ``state`` to one ``.npz`` file (atomically; only where ``write``)."""

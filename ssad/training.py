@@ -20,7 +20,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from ssad.callbacks import (
     StagePlan,
     StageProgbar,
     Summaries,
+    SyncStatistics,
     Validation,
     load_checkpoint,
     read_state,
@@ -42,6 +43,9 @@ from ssad.callbacks import (
     save_checkpoint,
 )
 from ssad.config import Config
+from ssad.data import train_dataset, validation_dataset
+from ssad.data.readers import load_images, training_image_paths
+from ssad.detection import calibrate_on_good, save_calibration
 from ssad.errors import ConfigError, DataError, RunDirError
 from ssad.files import atomic_path, atomic_write_text
 from ssad.losses import objective_for
@@ -183,10 +187,6 @@ def train(
     ``train.seed`` gives identical weights. ``callbacks`` run after ssad's own in every stage.
     Raises ``SsadError`` on bad data or config, a finished run in ``run_dir``, or a NaN loss.
     """
-    from ssad.data import train_dataset, validation_dataset
-    from ssad.data.readers import load_images, training_image_paths
-    from ssad.detection import calibrate_on_good, save_calibration
-
     cfg = config
     plans = plan_stages(cfg)
     strategy = _make_strategy(cfg.train.strategy)
@@ -204,7 +204,6 @@ def train(
     train_images, val_images = split_validation(
         images, cfg.data.validation_fraction, cfg.train.seed
     )
-    distort = cfg.train.objective != 0
     loss = objective_for(cfg.train.objective, cfg.train.lam)
 
     previous_policy = keras.mixed_precision.global_policy()
@@ -227,14 +226,14 @@ def train(
         clock = run_clock(state.elapsed_s)
         if verbose and resumed_from is not None:
             print(f"resuming {run_dir} after epoch {state.epoch} (step {state.step})", flush=True)
+        session = _Session(
+            cfg, model, strategy, chief, run_dir, state, clock, train_images, val_images, loss,
+            callbacks, verbose,
+        )  # fmt: skip
         for plan in plans:
             if plan.index < state.stage:
                 continue
-            _fit_stage(
-                model, plan, cfg, state, clock, strategy, chief, run_dir,
-                train_images, val_images, distort, loss, callbacks, verbose,
-                train_dataset, validation_dataset,
-            )  # fmt: skip
+            _fit_stage(session, plan)
             state.stage, state.stage_steps = plan.index + 1, 0
             save_checkpoint(ckpt_path, model, state, chief)
         state.elapsed_s = clock()
@@ -274,12 +273,28 @@ def train(
     )
 
 
-def _fit_stage(
-    model, plan, cfg, state, clock, strategy, chief, run_dir,
-    train_images, val_images, distort, loss, user_callbacks, verbose,
-    train_dataset, validation_dataset,
-):  # fmt: skip
+@dataclass
+class _Session:
+    """What the stages of one :func:`train` call share."""
+
+    cfg: Config
+    model: keras.Model
+    strategy: tf.distribute.Strategy
+    chief: bool
+    run_dir: Path
+    state: RunState
+    clock: Callable[[], float]
+    train_images: np.ndarray
+    val_images: np.ndarray
+    loss: keras.losses.Loss
+    callbacks: Sequence[keras.callbacks.Callback]
+    verbose: int
+
+
+def _fit_stage(session: _Session, plan: StagePlan) -> None:
     """One stage: ``model.fit`` on ``plan.crop`` crops until its step or time budget."""
+    cfg, state, strategy, run_dir = session.cfg, session.state, session.strategy, session.run_dir
+    distort = cfg.train.objective != 0
     replicas = strategy.num_replicas_in_sync
     if plan.batch_size % replicas:
         raise ConfigError(
@@ -294,12 +309,12 @@ def _fit_stage(
         batch = context.get_per_replica_batch_size(plan.batch_size)
         pipeline_seed = seed + 7919 * context.input_pipeline_id
         return train_dataset(
-            train_images, cfg, plan.crop, batch, seed=pipeline_seed, distort=distort
+            session.train_images, cfg, plan.crop, batch, seed=pipeline_seed, distort=distort
         )
 
     dataset = strategy.distribute_datasets_from_function(per_replica)
     val = validation_dataset(
-        val_images, cfg, plan.crop, plan.batch_size, seed=cfg.train.seed, distort=distort
+        session.val_images, cfg, plan.crop, plan.batch_size, seed=cfg.train.seed, distort=distort
     )
     spe = min(cfg.train.steps_per_epoch, plan.steps or cfg.train.steps_per_epoch)
     done_epochs = start // spe
@@ -307,34 +322,36 @@ def _fit_stage(
     ckpt_path = run_dir / "checkpoints" / "last.npz"
     multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     limit = StageLimit(
-        state, plan, clock, ckpt_path, _any_worker(strategy) if multiworker else None
+        state, plan, session.clock, ckpt_path, _any_worker(strategy) if multiworker else None
     )
-    cbs = [limit, Validation(val, loss)]
+    cbs = [limit, Validation(val, session.loss)]
     if cfg.train.early_stopping_patience:
         cbs.append(
             keras.callbacks.EarlyStopping(
                 patience=cfg.train.early_stopping_patience, restore_best_weights=True
             )
         )
-    cbs.append(Checkpoint(ckpt_path, state, plan, clock, chief))
-    if chief:
+    if multiworker:
+        cbs.append(SyncStatistics(strategy))
+    cbs.append(Checkpoint(ckpt_path, state, plan, session.clock, session.chief))
+    if session.chief:
         log_dir = run_dir / "logs" / f"stage{plan.index + 1}_{plan.crop}px"
         cbs.append(Summaries(log_dir, next(iter(val)), state))
     cbs.append(StageProgbar(plan, epochs))
-    if verbose:
+    if session.verbose:
         budget = [f"{plan.steps} steps"] if plan.steps is not None else []
         if plan.deadline_s is not None:
             budget.append(f"until {plan.deadline_s / 60:.1f} min")
         print(f"{plan.name}: {' or '.join(budget)}", flush=True)
     with strategy.scope():
-        model.fit(
+        session.model.fit(
             dataset,
             epochs=epochs if epochs is not None else 2**31 - 1,
             initial_epoch=done_epochs,
             steps_per_epoch=spe,
-            callbacks=cbs + list(user_callbacks),
+            callbacks=cbs + list(session.callbacks),
             shuffle=False,
-            verbose=verbose,
+            verbose=session.verbose,
         )
 
 
