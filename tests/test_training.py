@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from click.testing import CliRunner
 from scipy.ndimage import gaussian_filter
 
@@ -90,8 +91,12 @@ def test_cli_tiny_run_writes_every_run_dir_file(images, tmp_path):
     calibration = json.loads((run / "calibration.json").read_text())
     assert calibration["method"] == "good-quantile" and calibration["n_images"] == 1
     assert 0 < calibration["pixel_threshold"] <= calibration["image_threshold"]
-    logs = sorted(p.parent.name for p in (run / "logs").rglob("events.out.tfevents.*"))
-    assert logs == ["stage1_32px", "stage2_64px"]
+    events = sorted((run / "logs").rglob("events.out.tfevents.*"))
+    assert [p.parent.name for p in events] == ["stage1_32px", "stage2_64px"]
+    tags = {
+        v.tag for e in tf.compat.v1.train.summary_iterator(str(events[1])) for v in e.summary.value
+    }
+    assert tags == {"loss", "val_loss", "distorted_input", "original", "reconstruction"}
     model = keras.models.load_model(run / "model.keras", safe_mode=True, compile=False)
     assert model.output.dtype == "float32" and model.count_params() > 0
     assert checkpoint_state(run).done and checkpoint_state(run).step == 4
