@@ -58,7 +58,9 @@ def main(argv: list[str]) -> dict:
             on_train_batch_end=lambda batch, logs: times.append(time.perf_counter())
         )
         steps = args.warmup + args.steps
-        model.fit(dataset, epochs=1, steps_per_epoch=steps, callbacks=[clock], verbose=0)
+        model.fit(
+            dataset, epochs=1, steps_per_epoch=steps, callbacks=[clock], shuffle=False, verbose=0
+        )
         return (times[-1] - times[args.warmup - 1]) / args.steps
 
     rows, weighted_real, weighted_cached = [], 0.0, 0.0
