@@ -1,8 +1,8 @@
 """The paper's autoencoder (Table 1): a plain conv encoder, stacked dilated convolutions (SDC)
 at 1/8 resolution, a transposed-conv decoder and a sigmoid 1x1 output without normalisation.
 
-Built only from stock Keras layers, so a saved ``.keras`` file loads in safe mode with no
-``custom_objects``.
+Built from stock Keras layers plus the registered ``ssad>DilatedConv2D``, so a saved ``.keras``
+file loads in safe mode with no ``custom_objects`` once ``ssad`` is imported.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 from ssad.config import ModelConfig
+from ssad.layers import DilatedConv2D
 
 
 def _channels(n: int, width: float) -> int:
@@ -18,9 +19,8 @@ def _channels(n: int, width: float) -> int:
 
 
 def _conv_bn_relu(x, filters: int, kernel: int, name: str, dilation: int = 1):
-    x = layers.Conv2D(
-        filters, kernel, padding="same", dilation_rate=dilation, use_bias=False, name=name
-    )(x)
+    conv = DilatedConv2D if dilation > 1 else layers.Conv2D
+    x = conv(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False, name=name)(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 

@@ -96,3 +96,18 @@ def test_width_multiplier_scales_channels():
     half = ssad.build_autoencoder(ssad.Config.preset("paper").override({"model.width": 0.5}).model)
     convs = _dilated_5x5(half)
     assert all(c.filters == 32 for c in convs)
+
+
+def test_dilated_conv_matches_keras_conv():
+    from ssad.layers import DilatedConv2D
+
+    x = np.random.default_rng(2).random((2, 24, 20, 5), dtype=np.float32)
+    for rate in (2, 16):
+        ref = keras.layers.Conv2D(4, 5, padding="same", dilation_rate=rate)
+        fast = DilatedConv2D(4, 5, padding="same", dilation_rate=rate)
+        ref.build(x.shape)
+        fast.build(x.shape)
+        fast.set_weights(ref.get_weights())
+        np.testing.assert_allclose(fast(x), ref(x), atol=1e-5)
+    restored = keras.layers.deserialize(keras.layers.serialize(fast))
+    assert type(restored) is DilatedConv2D and restored.dilation_rate == (16, 16)
