@@ -24,9 +24,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("SSAD_NOTEBOOK_FAST", "1")
     monkeypatch.setenv("SSAD_NOTEBOOK_WORKDIR", str(tmp_path))
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={
-        "metadata": {"path": str(tmp_path)}
-    }).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     assert os.listdir(tmp_path)  # each notebook writes its outputs to the work folder
