@@ -284,6 +284,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "steps": 1500,
             "stages": [{"crop": 64, "batch_size": 16, "fraction": 1.0}],
         },
+        "score": {"sigma": 8.0},  # 4 px at 128: pixel AUROC 0.87 -> 0.90 on the brick demo
     },
     # Narrow and small: for tests and quick CPU checks.
     "tiny": {
