@@ -276,7 +276,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # What `ssad demo` trains on a laptop CPU in a few minutes.
     # Dilations stop at 8: at 128 px the bottleneck is 16x16, where 16 and 32 only pad, and on
-    # 64-px crops they made a CPU step 17x slower. One stage: one graph trace, not two.
+    # 64-px crops they made a CPU step 17x slower (measured with space-to-batch dilation).
+    # One stage: one graph trace, not two.
     "demo": {
         "model": {"width": 0.25, "dilation_rates": [1, 2, 4, 8]},
         "data": {"resolution": 128, "rotate": True, "flip": True},
