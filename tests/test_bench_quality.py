@@ -14,7 +14,8 @@ from ssad.errors import DataError  # noqa: E402
 
 ROWS = [
     {"dataset": "mvtec3d_tire", "variant": "objective1", "minutes": 20.0, "preset": "object",
-     "resolution": 256, "mixed_precision": "bf16", "image_auroc": 0.81234, "pixel_auroc": 0.9,
+     "resolution": 256, "mixed_precision": "bf16", "overrides": {"train.learning_rate": 0.001},
+     "image_auroc": 0.81234, "pixel_auroc": 0.9,
      "aupro": 0.61, "seconds_per_image": 0.0523, "steps": 412, "commit": "abc1234",
      "date": "2026-11-28 16:30"},
     {"dataset": "mvtec_bottle", "variant": "plain-ae", "minutes": 0.5, "preset": "object",
@@ -30,17 +31,19 @@ def test_table_renders_rows_in_file_order(tmp_path):
         quality.append_row(results, row)
     assert len(results.read_text().splitlines()) == 2
     lines = quality_table.main(["--results", str(results)]).splitlines()
-    assert lines[0].startswith("| data set | variant | preset | size (px) | precision | minutes |")
+    assert lines[0].startswith(
+        "| data set | variant | preset | size (px) | precision | overrides | minutes |"
+    )
     assert (
         lines[1]
-        == "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        == "| --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     )
     assert lines[2] == (
-        "| mvtec3d_tire | objective1 | object | 256 | bf16 | 20 | 412 | 0.812 | 0.900 | 0.610 "
-        "| 0.052 | abc1234 |"
+        "| mvtec3d_tire | objective1 | object | 256 | bf16 | train.learning_rate=0.001 | 20 | 412 "
+        "| 0.812 | 0.900 | 0.610 | 0.052 | abc1234 |"
     )
     assert lines[3] == (
-        "| mvtec_bottle | plain-ae | object | 256 | none | 0.5 | 7 | 0.700 | – | – | 0.100 "
+        "| mvtec_bottle | plain-ae | object | 256 | none | – | 0.5 | 7 | 0.700 | – | – | 0.100 "
         "| abc1234-dirty |"
     )
     assert len(lines) == 4
@@ -71,6 +74,10 @@ def test_table_names_file_and_line_of_bad_results(tmp_path, content, problem):
         (["--data", "{data}", "--variant", "objective3", "--minutes", "1"], "invalid choice"),
         (["--data", "{data}", "--variant", "plain-ae", "--minutes", "0"], "must be > 0"),
         (["--data", "{data}/train", "--variant", "ensemble", "--minutes", "1"], "train/ and test/"),
+        (
+            ["--data", "{data}", "--variant", "plain-ae", "--minutes", "1", "--set", "x"],
+            "KEY=VALUE",
+        ),
     ],
 )
 def test_quality_rejects_bad_arguments(tmp_path, capsys, args, problem):
@@ -94,20 +101,30 @@ def test_variants_are_config_overrides_of_the_preset():
     assert set(quality.ENSEMBLE) < set(quality.VARIANTS)
 
 
+def test_set_reads_values_as_json_else_text(tmp_path):
+    for sub in ("train/good", "test/good"):
+        (tmp_path / sub).mkdir(parents=True)
+    args = quality.parse_args(
+        ["--data", str(tmp_path), "--variant", "objective1", "--minutes", "1",
+         "--set", "train.learning_rate=1e-3", "--set", "distortion.kind=zeros"]
+    )  # fmt: skip
+    assert args.overrides == {"train.learning_rate": 0.001, "distortion.kind": "zeros"}
+
+
 def test_ensemble_reuses_finished_runs_and_appends_a_row(tmp_path, capsys):
     from helpers import make_run_dir
 
     from ssad.demo_data import make_demo_data
 
     data = make_demo_data(tmp_path / "brick", "brick", n_train=4, n_good=3, n_defect=1, size=64)
-    group = tmp_path / "work" / "brick-tiny-64px-none-1min"
+    group = tmp_path / "work" / "brick-tiny-64px-none-1min-score.sigma=2"
     for seed, variant in enumerate(quality.ENSEMBLE):
         make_run_dir(group / variant, "tiny", seed=seed)
         (group / variant / "history.json").write_text(json.dumps([{"step": 10 + seed}]))
     results = tmp_path / "r.jsonl"
     row = quality.main(
         ["--data", str(data), "--variant", "ensemble", "--minutes", "1", "--preset", "tiny",
-         "--workdir", str(tmp_path / "work"), "--results", str(results)]
+         "--workdir", str(tmp_path / "work"), "--results", str(results), "--set", "score.sigma=2"]
     )  # fmt: skip
     assert json.loads(results.read_text()) == row
     assert (row["dataset"], row["variant"], row["resolution"], row["steps"]) == (

@@ -2,17 +2,20 @@
 it on the data set's test images, append a row to a JSON-lines results file and return it.
 
     python tools/benchmark.py quality --data DIR --variant NAME --minutes M [--results FILE]
-        [--preset NAME] [--image-size N] [--mixed-precision none|bf16|fp16] [--workdir DIR]
+        [--preset NAME] [--image-size N] [--mixed-precision none|bf16|fp16] [--set KEY=VALUE]...
+        [--workdir DIR]
 
 Variants (config overrides on the preset): ``objective1`` (eq. 1, default distortion),
 ``objective2`` (eq. 2 with early stopping), ``plain-ae`` (objective 0: the same model as an
 ordinary autoencoder, no distortion, MSE), ``objective1-zeros`` and ``objective1-swap`` (the other
 distortions), ``ensemble`` (the ``objective1`` and ``objective2`` runs of the same data set,
-preset, size, precision and budget evaluated together; either is trained only when the workdir
-lacks it). Run directories: ``WORKDIR/<data set>-<preset>-<size>px-<precision>-<M>min/<variant>/``
-(``eval/`` inside holds the report). ``steps`` in a row is the optimisation steps done (summed for
-the ensemble); ``seconds_per_image`` is the wall time of ``evaluate`` per test image (read, score,
-metrics); ``mixed_precision`` is the training precision (evaluation runs in float32).
+preset, size, precision, budget and overrides evaluated together; either is trained only when the
+workdir lacks it). ``--set`` overrides a config key for every variant
+(``train.learning_rate=1e-3``; the value is read as JSON, else as text). Run directories:
+``WORKDIR/<data set>-<preset>-<size>px-<precision>-<M>min[-<key>=<value>...]/<variant>/``
+(``eval/`` inside holds the report). ``steps`` in a row is the optimisation steps done (summed
+for the ensemble); ``seconds_per_image`` is the wall time of ``evaluate`` per test image (read,
+score, metrics); ``mixed_precision`` is the training precision (evaluation runs in float32).
 """
 
 from __future__ import annotations
@@ -49,8 +52,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--mixed-precision", choices=("none", "bf16", "fp16"), help="default: the preset's"
     )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="config override for all variants, e.g. train.learning_rate=1e-3 (repeatable)",
+    )  # fmt: skip
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="run directories")
     args = p.parse_args(argv)
+    overrides = {}
+    for text in args.overrides:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            p.error(f"--set {text!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-3")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    args.overrides = overrides
     if args.minutes <= 0:
         p.error(f"--minutes must be > 0, got {args.minutes:g}")
     if not (args.data / "train").is_dir() or not (args.data / "test").is_dir():
@@ -69,10 +86,12 @@ def main(argv: list[str]) -> dict:
         image_size=args.image_size,
         max_minutes=args.minutes,
         mixed_precision=args.mixed_precision,
-    )
+    ).override(args.overrides)
     dataset, precision = args.data.resolve().name, base.train.mixed_precision
     size = base.data.resolution
-    group = args.workdir / f"{dataset}-{args.preset}-{size}px-{precision}-{args.minutes:g}min"
+    name = f"{dataset}-{args.preset}-{size}px-{precision}-{args.minutes:g}min"
+    name += "".join(f"-{k}={v}" for k, v in args.overrides.items())
+    group = args.workdir / name
     members = ENSEMBLE if args.variant == "ensemble" else (args.variant,)
     run_dirs, steps = [], 0
     for variant in members:
@@ -90,6 +109,7 @@ def main(argv: list[str]) -> dict:
         "preset": args.preset,
         "resolution": found["resolution"],
         "mixed_precision": precision,
+        "overrides": args.overrides,
         "image_auroc": _round(found["image_auroc"]),
         "pixel_auroc": _round(found["pixel_auroc"]),
         "aupro": _round(found["aupro"]),

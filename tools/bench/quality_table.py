@@ -19,6 +19,7 @@ COLUMNS = {  # row key -> column title
     "preset": "preset",
     "resolution": "size (px)",
     "mixed_precision": "precision",
+    "overrides": "overrides",
     "minutes": "minutes",
     "steps": "steps",
     "image_auroc": "image AUROC",
@@ -27,13 +28,10 @@ COLUMNS = {  # row key -> column title
     "seconds_per_image": "s / image",
     "commit": "commit",
 }
-TEXT = (
-    "dataset",
-    "variant",
-    "preset",
-    "mixed_precision",
-    "commit",
-)  # left-aligned; the others are numbers
+TEXT = ("dataset", "variant", "preset", "mixed_precision", "overrides", "commit")
+OPTIONAL = (
+    "overrides",
+)  # rows written before the key existed lack it  # left-aligned; the others are numbers
 DECIMALS3 = ("image_auroc", "pixel_auroc", "aupro", "seconds_per_image")
 
 
@@ -57,7 +55,9 @@ def read_rows(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{number}: not JSON ({e})") from None
-        missing = [k for k in COLUMNS if not isinstance(row, dict) or k not in row]
+        missing = [
+            k for k in COLUMNS if k not in OPTIONAL and (not isinstance(row, dict) or k not in row)
+        ]
         if missing:
             raise DataError(f"{path}:{number}: a result row lacks {', '.join(missing)}")
         rows.append(row)
@@ -70,7 +70,7 @@ def render(rows: list[dict]) -> str:
     """A markdown table of ``rows``, one line per row."""
     align = ["---" if k in TEXT else "---:" for k in COLUMNS]
     lines = [_line(COLUMNS.values()), _line(align)]
-    lines += [_line(_cell(k, row[k]) for k in COLUMNS) for row in rows]
+    lines += [_line(_cell(k, row.get(k)) for k in COLUMNS) for row in rows]
     return "\n".join(lines)
 
 
@@ -79,8 +79,10 @@ def _line(cells) -> str:
 
 
 def _cell(key: str, value) -> str:
-    if value is None:
+    if value is None or value == {}:
         return "–"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_cell(k, v)}" for k, v in value.items())
     if key in DECIMALS3:
         return f"{value:.3f}"
     return f"{value:g}" if isinstance(value, float) else str(value)
