@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-_SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mvtec3d_tire"
+from bench import SHARED_TIRE, bench_images
 
 
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="benchmark.py pipeline")
-    parser.add_argument("--data", default=str(_SHARED), help="image folder or MVTec category")
+    parser.add_argument("--data", default=str(SHARED_TIRE), help="image folder or MVTec category")
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=40, help="timed batches per measurement")
@@ -30,16 +29,10 @@ def main(argv: list[str]) -> dict:
     import tensorflow as tf
 
     import ssad
-    from ssad.data.readers import load_images, training_image_paths
 
     cfg = ssad.Config.preset("texture").override({"data.resolution": args.resolution})
     res, bs = args.resolution, args.batch_size
-    if Path(args.data).is_dir():
-        images, _ = load_images(training_image_paths(args.data), res)
-        source = str(Path(args.data).resolve())
-    else:
-        images = np.random.default_rng(0).integers(0, 256, (64, res, res, 3), np.uint8)
-        source = "generated noise"
+    images, source = bench_images(args.data, res, 64)
 
     def rate(distort: bool, threads: int | None = None) -> tuple[float, float]:
         """(samples per second, CPU milliseconds per sample: robust to a shared machine)"""

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-import numpy as np
-
-_SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mvtec3d_tire"
+from bench import SHARED_TIRE, bench_images
 
 
 def main(argv: list[str]) -> dict:
@@ -25,7 +22,7 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--preset", default="texture", help="preset whose stages are timed")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--data", default=str(_SHARED), help="image folder or MVTec category")
+    parser.add_argument("--data", default=str(SHARED_TIRE), help="image folder or MVTec category")
     parser.add_argument("--mixed-precision", default="none", choices=["none", "bf16", "fp16"])
     args = parser.parse_args(argv)
 
@@ -34,19 +31,13 @@ def main(argv: list[str]) -> dict:
 
     from ssad.config import Config
     from ssad.data import train_dataset
-    from ssad.data.readers import load_images, training_image_paths
     from ssad.losses import objective_for
     from ssad.model import build_autoencoder
     from ssad.training import POLICIES
 
     cfg = Config.preset(args.preset)
     res = cfg.data.resolution
-    if Path(args.data).is_dir():
-        images, _ = load_images(training_image_paths(args.data), res)
-        source = str(Path(args.data).resolve())
-    else:
-        images = np.random.default_rng(0).integers(0, 256, (16, res, res, 3), np.uint8)
-        source = "generated noise"
+    images, source = bench_images(args.data, res, 16)
     keras.mixed_precision.set_global_policy(POLICIES[args.mixed_precision])
 
     def seconds_per_step(dataset) -> float:
