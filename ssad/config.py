@@ -36,6 +36,17 @@ class ModelConfig:
         (128, 128, 64),
         (64, 64, 32),
     )
+    # Moving-average momentum of the BatchNormalization layers. 0.9 (Keras: 0.99) lets the
+    # inference statistics follow the weights within a few dozen steps, so validation losses
+    # of short runs mean something; training ends by recomputing them exactly anyway.
+    bn_momentum: float = 0.9
+
+    def __post_init__(self):
+        _check(self.width > 0, f"model.width must be > 0, got {self.width}")
+        _check(
+            0 <= self.bn_momentum < 1,
+            f"model.bn_momentum must be in [0, 1), got {self.bn_momentum}",
+        )
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,12 @@ class Stage:
 class TrainConfig:
     objective: int = 1  # 1: eq. (1); 2: eq. (2); 0: plain autoencoder (MSE, no distortion)
     lam: float = 0.5
-    learning_rate: float = 1e-4
+    # Norm in eq. (1)/(2): "l2" as printed (||.||_2, so each term is rms error / sqrt(area)),
+    # or "squared" (||.||_2^2: each term is the mean squared error over its region). Squared
+    # by default: on the bottle, 5 min of CPU training gave image AUROC 0.40 with "l2" and
+    # 0.76 with "squared" (README, Results).
+    norm: str = "squared"
+    learning_rate: float = 1e-3  # paper: 1e-4; 1e-3 learns ~2x faster in CPU-minute budgets
     steps: int = 3000  # total over all stages
     max_minutes: float | None = None
     steps_per_epoch: int = 50  # an epoch = one validation, one checkpoint
@@ -121,6 +137,9 @@ class TrainConfig:
             self.objective in (0, 1, 2), f"train.objective must be 0, 1 or 2, got {self.objective}"
         )
         _check(0 <= self.lam <= 1, f"train.lam must be in [0, 1], got {self.lam}")
+        _check(
+            self.norm in ("l2", "squared"), f"train.norm must be l2 or squared, got {self.norm!r}"
+        )
         _check(
             self.mixed_precision in ("none", "bf16", "fp16"),
             f"train.mixed_precision {self.mixed_precision!r}",

@@ -39,19 +39,30 @@ def _l2(t):
     return ops.where(zero, 0.0, ops.sqrt(ops.where(zero, 1.0, s)))
 
 
+def _l2_squared(t):
+    return ops.sum(ops.square(t), axis=(1, 2, 3))
+
+
 def _ratio(num, den):
     return num / ops.maximum(den, _EPS)
 
 
+_NORMS = {"l2": _l2, "squared": _l2_squared}
+
+
 class _Objective(keras.losses.Loss):
-    def __init__(self, lam: float = 0.5, name: str | None = None, **kwargs):
+    def __init__(self, lam: float = 0.5, norm: str = "l2", name: str | None = None, **kwargs):
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam must be in [0, 1], got {lam}")
+        if norm not in _NORMS:
+            raise ValueError(f"norm must be one of {', '.join(_NORMS)}, got {norm!r}")
         super().__init__(name=name or type(self).__name__.lower(), **kwargs)
         self.lam = float(lam)
+        self.norm = norm
+        self._norm = _NORMS[norm]
 
     def get_config(self):
-        return {**super().get_config(), "lam": self.lam}
+        return {**super().get_config(), "lam": self.lam, "norm": self.norm}
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "float32")
@@ -68,8 +79,8 @@ class Objective1(_Objective):
     def objective(self, x, x_hat, m, f):
         m_bar = 1.0 - m
         err = f - x
-        normal = _ratio(_l2(m_bar * err), _l1(m_bar))
-        restored = _ratio(_l2(m * err), _l1(m))
+        normal = _ratio(self._norm(m_bar * err), _l1(m_bar))
+        restored = _ratio(self._norm(m * err), _l1(m))
         return self.lam * normal + (1.0 - self.lam) * restored
 
 
@@ -83,8 +94,8 @@ class Objective2(_Objective):
         m_bar = 1.0 - m
         d = ops.abs(x_hat - x)
         err = f - x
-        normal = _ratio(_l2(m_bar * err), _l1(m_bar))
-        amplified = _ratio(_l2(d * err), _l1(d))
+        normal = _ratio(self._norm(m_bar * err), _l1(m_bar))
+        amplified = _ratio(self._norm(d * err), _l1(d))
         return self.lam * normal - (1.0 - self.lam) * amplified
 
 
@@ -100,12 +111,12 @@ class PlainReconstruction(keras.losses.Loss):
         return ops.mean(ops.square(ops.cast(y_pred, "float32") - x), axis=(1, 2, 3))
 
 
-def objective_for(objective: int, lam: float = 0.5) -> keras.losses.Loss:
+def objective_for(objective: int, lam: float = 0.5, norm: str = "l2") -> keras.losses.Loss:
     """The loss for ``TrainConfig.objective``: 1, 2, or 0 (plain autoencoder)."""
     if objective == 1:
-        return Objective1(lam=lam)
+        return Objective1(lam=lam, norm=norm)
     if objective == 2:
-        return Objective2(lam=lam)
+        return Objective2(lam=lam, norm=norm)
     if objective == 0:
         return PlainReconstruction()
     raise ValueError(f"objective must be 0, 1 or 2, got {objective}")

@@ -8,6 +8,7 @@ file loads in safe mode with no ``custom_objects`` once ``ssad`` is imported.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 from ssad.config import ModelConfig
@@ -18,10 +19,10 @@ def _channels(n: int, width: float) -> int:
     return max(1, int(round(n * width)))
 
 
-def _conv_bn_relu(x, filters: int, kernel: int, name: str, dilation: int = 1):
+def _conv_bn_relu(x, filters: int, kernel: int, name: str, momentum: float, dilation: int = 1):
     conv = DilatedConv2D if dilation > 1 else layers.Conv2D
     x = conv(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False, name=name)(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -29,11 +30,12 @@ def _sdc_block(x, cfg: ModelConfig, index: int):
     """Six parallel 5x5 convolutions with dilation 1..32, concatenated, then a 3x3 conv."""
     filters = _channels(cfg.sdc_filters, cfg.width)
     branches = [
-        _conv_bn_relu(x, filters, cfg.sdc_kernel, f"sdc{index}_d{rate}", dilation=rate)
+        _conv_bn_relu(x, filters, cfg.sdc_kernel, f"sdc{index}_d{rate}", cfg.bn_momentum, rate)
         for rate in cfg.dilation_rates
     ]
     x = layers.Concatenate(name=f"sdc{index}_concat")(branches)
-    return _conv_bn_relu(x, filters * len(cfg.dilation_rates), 3, f"sdc{index}_fuse")
+    fused = filters * len(cfg.dilation_rates)
+    return _conv_bn_relu(x, fused, 3, f"sdc{index}_fuse", cfg.bn_momentum)
 
 
 def build_autoencoder(
@@ -46,8 +48,8 @@ def build_autoencoder(
     x = inputs
     for level, filters in enumerate(cfg.encoder_filters, start=1):
         f = _channels(filters, cfg.width)
-        x = _conv_bn_relu(x, f, 3, f"enc{level}_conv1")
-        x = _conv_bn_relu(x, f, 3, f"enc{level}_conv2")
+        x = _conv_bn_relu(x, f, 3, f"enc{level}_conv1", cfg.bn_momentum)
+        x = _conv_bn_relu(x, f, 3, f"enc{level}_conv2", cfg.bn_momentum)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
     for index in range(1, cfg.sdc_blocks + 1):
         x = _sdc_block(x, cfg, index)
@@ -60,12 +62,20 @@ def build_autoencoder(
             use_bias=False,
             name=f"dec{level}_up",
         )(x)
-        x = layers.BatchNormalization(name=f"dec{level}_up_bn")(x)
+        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"dec{level}_up_bn")(x)
         x = layers.ReLU(name=f"dec{level}_up_relu")(x)
-        x = _conv_bn_relu(x, _channels(mid, cfg.width), 3, f"dec{level}_conv1")
-        x = _conv_bn_relu(x, _channels(out, cfg.width), 3, f"dec{level}_conv2")
+        x = _conv_bn_relu(x, _channels(mid, cfg.width), 3, f"dec{level}_conv1", cfg.bn_momentum)
+        x = _conv_bn_relu(x, _channels(out, cfg.width), 3, f"dec{level}_conv2", cfg.bn_momentum)
     outputs = layers.Conv2D(3, 1, activation="sigmoid", dtype="float32", name="reconstruction")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def init_output_bias(model: keras.Model, mean_rgb) -> None:
+    """Start the sigmoid output at the training images' mean colour ``mean_rgb`` (3 values in
+    [0, 1]): its bias becomes logit(mean). The network then learns the image content rather
+    than first spending hundreds of steps moving one bias from 0.5 to the data's brightness."""
+    mean = np.clip(np.asarray(mean_rgb, dtype="float64"), 0.02, 0.98)
+    model.get_layer("reconstruction").bias.assign(np.log(mean / (1.0 - mean)).astype("float32"))
 
 
 def count_flops(model: keras.Model, height: int, width: int) -> int:

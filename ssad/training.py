@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ssad.batchnorm import recalibrate_batch_norm
 from ssad.callbacks import (
     Checkpoint,
     RunState,
@@ -49,7 +50,7 @@ from ssad.detection import calibrate_on_good, save_calibration
 from ssad.errors import ConfigError, DataError, RunDirError
 from ssad.files import atomic_path, atomic_write_text
 from ssad.losses import objective_for
-from ssad.model import build_autoencoder
+from ssad.model import build_autoencoder, init_output_bias
 
 POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 _RESUME_MAY_CHANGE = {"max_minutes", "strategy"}  # train.* keys a resumed run may change
@@ -204,13 +205,14 @@ def train(
     train_images, val_images = split_validation(
         images, cfg.data.validation_fraction, cfg.train.seed
     )
-    loss = objective_for(cfg.train.objective, cfg.train.lam)
+    loss = objective_for(cfg.train.objective, cfg.train.lam, cfg.train.norm)
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(POLICIES[cfg.train.mixed_precision])
     try:
         with strategy.scope():
             model = build_autoencoder(cfg.model)
+            init_output_bias(model, _mean_colour(train_images))
             if multiworker:
                 model = _MultiWorkerModel(model.inputs, model.outputs, name=model.name)
             model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), loss=loss)
@@ -250,6 +252,7 @@ def train(
 
     final = build_autoencoder(cfg.model)  # float32, outside the strategy
     final.set_weights(model.get_weights())
+    recalibrate_batch_norm(final, train_images, seed=cfg.train.seed)
     calibration = calibrate_on_good(final, val_images, cfg)
     if chief:
         with atomic_path(run_dir / "model.keras") as tmp:
@@ -368,6 +371,11 @@ def split_validation(
     n_val = min(n - 1, max(1, round(fraction * n)))
     order = np.random.default_rng(seed).permutation(n)
     return images[np.sort(order[n_val:])], images[np.sort(order[:n_val])]
+
+
+def _mean_colour(images: np.ndarray) -> np.ndarray:
+    """Mean RGB of uint8 ``images`` ``[n, h, w, 3]``, in [0, 1]."""
+    return images.reshape(-1, 3).mean(axis=0, dtype=np.float64) / 255.0
 
 
 class _MultiWorkerModel(keras.Model):

@@ -40,6 +40,10 @@ def test_bad_values_and_files(tmp_path):
         Config().override({"train.objective": 3})
     with pytest.raises(ConfigError, match="multiple of 8"):
         Config().override({"data.resolution": 100})
+    with pytest.raises(ConfigError, match="model.bn_momentum"):
+        Config().override({"model.bn_momentum": 1.0})
+    with pytest.raises(ConfigError, match="model.width"):
+        Config().override({"model.width": 0})
     with pytest.raises(ConfigError, match="unknown preset"):
         Config.preset("nope")
     with pytest.raises(ConfigError, match="not found"):

