@@ -21,6 +21,7 @@ from scipy.ndimage import gaussian_filter
 from ssad.callbacks import RunState, read_state
 from ssad.cli import main
 from ssad.config import Config
+from ssad.data.readers import load_images, training_image_paths
 from ssad.errors import ConfigError, DataError, RunDirError, SsadError
 from ssad.images import write_png
 from ssad.training import plan_stages, split_validation, train, training_config
@@ -105,6 +106,19 @@ def test_cli_tiny_run_writes_every_run_dir_file(images, tmp_path):
         main, ["train", str(images), "--out", str(run), "--preset", "tiny", "--steps", "4"]
     )
     assert again.exit_code == 1 and "finished run" in again.output
+
+
+def test_saved_model_has_exact_batch_norm_statistics(images, tmp_path):
+    cfg = small_config(steps=2)
+    train(cfg, images, tmp_path / "run", verbose=0)
+    loaded, _ = load_images(training_image_paths(images), 32, "error")
+    train_images, _ = split_validation(loaded, cfg.data.validation_fraction, cfg.train.seed)
+    x = train_images.astype("float32") / 255.0  # 5 images: every recalibration batch holds all
+    model = keras.models.load_model(tmp_path / "run" / "model.keras", compile=False)
+    conv = keras.Model(model.input, model.get_layer("enc1_conv1").output)(x).numpy()
+    bn = model.get_layer("enc1_conv1_bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), conv.mean(axis=(0, 1, 2)), atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), conv.var(axis=(0, 1, 2)), rtol=1e-4)
 
 
 _KILLED_RUN = """

@@ -43,7 +43,8 @@ def main(argv: list[str]) -> dict:
     def seconds_per_step(dataset) -> float:
         """Steady-state seconds per step of one ``fit`` on a fresh model."""
         model = build_autoencoder(cfg.model)
-        model.compile(keras.optimizers.Adam(cfg.train.learning_rate), objective_for(1))
+        loss = objective_for(1, cfg.train.lam, cfg.train.norm)
+        model.compile(keras.optimizers.Adam(cfg.train.learning_rate), loss)
         times: list[float] = []
         clock = keras.callbacks.LambdaCallback(
             on_train_batch_end=lambda batch, logs: times.append(time.perf_counter())
