@@ -138,3 +138,20 @@ def test_ensemble_reuses_finished_runs_and_appends_a_row(tmp_path, capsys):
     metrics = json.loads((group / "ensemble" / "eval" / "metrics.json").read_text())
     assert metrics["run_dirs"] == [str(group / v) for v in quality.ENSEMBLE]
     assert metrics["n_images"] == 3 + 4
+
+
+def test_sigma_sweep_matches_evaluate_at_the_trained_sigma(tmp_path):
+    import sigma_sweep
+    from helpers import make_run_dir
+
+    from ssad.demo_data import make_demo_data
+    from ssad.evaluation import evaluate
+
+    data = make_demo_data(tmp_path / "brick", "brick", n_train=4, n_good=3, n_defect=2, size=64)
+    run = make_run_dir(tmp_path / "run", "tiny", overrides={"score.sigma": 8.0})
+    want = evaluate([run], data, tmp_path / "eval")
+    rows = sigma_sweep.main([str(run), "--data", str(data), "--sigmas", "8,1"])
+    assert [r["sigma"] for r in rows] == [8.0, 1.0]
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert rows[0][key] == pytest.approx(want[key], abs=1e-4)
+    assert rows[0]["pixel_auroc"] != rows[1]["pixel_auroc"]  # the smoothing does change it
