@@ -54,6 +54,43 @@ class StagePlan:
         return f"stage {self.index + 1} ({self.crop}px crops, batch {self.batch_size})"
 
 
+def schedule_factor(progress: float, kind: str, warmup: float) -> float:
+    """The learning rate's multiplier at ``progress`` (0 to 1) of the run: 1 for
+    ``constant``; for ``cosine`` a linear warm-up over the first ``warmup`` of the run, then
+    a cosine decay to 0 at its end."""
+    if kind == "constant":
+        return 1.0
+    p = min(max(progress, 0.0), 1.0)
+    if p < warmup:
+        return (p + 1e-3) / (warmup + 1e-3)
+    return 0.5 * (1.0 + math.cos(math.pi * (p - warmup) / (1.0 - warmup)))
+
+
+class LearningRate(keras.callbacks.Callback):
+    """Sets the learning rate before every step from the run's progress: steps done over
+    ``train.steps`` or run seconds over ``train.max_minutes``, whichever is further along.
+    Both live in the checkpoint, so a resumed run continues the schedule where it stopped.
+    Progress is rounded to 1/1000, so that the workers of a multi-worker run, whose clocks
+    differ by milliseconds, use the same rate."""
+
+    def __init__(self, state: RunState, train_cfg, clock: Callable[[], float]):
+        super().__init__()
+        self.state, self.train_cfg, self.clock = state, train_cfg, clock
+
+    def progress(self) -> float:
+        t, parts = self.train_cfg, [0.0]
+        if t.steps:
+            parts.append(self.state.step / t.steps)
+        if t.max_minutes:
+            parts.append(self.clock() / (60.0 * t.max_minutes))
+        return math.floor(1000 * max(parts)) / 1000
+
+    def on_train_batch_begin(self, batch, logs=None):
+        t = self.train_cfg
+        rate = t.learning_rate * schedule_factor(self.progress(), t.schedule, t.warmup)
+        self.model.optimizer.learning_rate.assign(rate)
+
+
 class StageLimit(keras.callbacks.Callback):
     """Counts steps, stops the stage at its step or time budget and on a NaN/inf loss.
 
@@ -228,6 +265,7 @@ class Checkpoint(keras.callbacks.Callback):
         row = {"stage": self.plan.index + 1, "crop": self.plan.crop}
         row |= {"batch_size": self.plan.batch_size, "epoch": s.epoch, "step": s.step}
         row |= {k: float(v) for k, v in (logs or {}).items() if k in ("loss", "val_loss")}
+        row["learning_rate"] = float(self.model.optimizer.learning_rate)  # of the last step
         row["elapsed_s"] = round(s.elapsed_s, 3)
         s.history.append(row)
         save_checkpoint(self.path, self.model, s, self.write)

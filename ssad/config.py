@@ -79,7 +79,9 @@ class DataConfig:
     resolution: int = 256  # working resolution: every image is resized to this square side
     rotate: bool = True  # random 90-degree rotations (textures yes, most objects no)
     flip: bool = True
-    validation_fraction: float = 0.1
+    # Held-out good images: the validation loss, then the good-image statistics and thresholds
+    # of the heatmap (per-pixel statistics want 20 or more; see docs).
+    validation_fraction: float = 0.2
     cache: str = "memory"  # "memory" or a file path prefix for tf.data's file cache
     on_bad_image: str = "error"  # error | skip
 
@@ -128,7 +130,14 @@ class TrainConfig:
         Stage(crop=256, batch_size=4, fraction=0.7),
     )
     early_stopping_patience: int | None = None  # epochs; objective 2 wants it
-    mixed_precision: str = "none"  # none | bf16 | fp16
+    # auto: bf16 on CPUs with AMX/AVX512-BF16 and GPUs of compute capability >= 8.0, fp16 on
+    # older GPUs, else none (float32); resolved when training starts (see ssad.precision).
+    mixed_precision: str = "auto"  # auto | none | bf16 | fp16
+    # Learning rate over the run: "cosine" (linear warm-up over the first ``warmup`` of the
+    # run, then cosine decay to 0 at its end, measured in steps or in elapsed time, whichever
+    # bound is nearer) or "constant".
+    schedule: str = "cosine"
+    warmup: float = 0.02
     strategy: str = "default"  # default | mirrored | multiworker
     seed: int = 0
 
@@ -141,7 +150,7 @@ class TrainConfig:
             self.norm in ("l2", "squared"), f"train.norm must be l2 or squared, got {self.norm!r}"
         )
         _check(
-            self.mixed_precision in ("none", "bf16", "fp16"),
+            self.mixed_precision in ("auto", "none", "bf16", "fp16"),
             f"train.mixed_precision {self.mixed_precision!r}",
         )
         _check(
@@ -149,15 +158,61 @@ class TrainConfig:
             f"train.strategy {self.strategy!r}",
         )
         _check(len(self.stages) >= 1, "train.stages must not be empty")
+        _check(self.schedule in ("constant", "cosine"), f"train.schedule {self.schedule!r}")
+        _check(0 <= self.warmup < 1, f"train.warmup must be in [0, 1), got {self.warmup}")
+
+
+MAP_TERMS = ("squared", "msgms")
+NORMALIZE_MODES = ("none", "global", "pixel", "structure", "auto")
+IMAGE_SCORES = ("max", "mean_max", "topk_mean")
+TTA_MODES = ("none", "flips", "dihedral")
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Heatmaps and thresholds."""
+    """From reconstruction to heatmap, image score and thresholds (``ssad.scoring``).
+
+    Every field can be changed on a trained run (``ssad evaluate RUN DATA --set score.K=V``):
+    the good-image statistics and thresholds are then recomputed from the run's held-out images.
+    """
 
     sigma: float = 4.0  # Gaussian smoothing of the heatmap, px at 256 (scales with resolution)
+    # Error maps, "+"-joined: "squared" (mean over colours of the squared error), "msgms"
+    # (1 - multi-scale gradient-magnitude similarity, as RIAD); several terms are averaged
+    # after each is normalised by its good-image statistics.
+    map: str = "squared"
+    # Good-image statistics the map is normalised by, (error - mean) / std: "pixel" (per-pixel
+    # maps, for aligned objects), "global" (one mean and std), "structure" (mean and std
+    # conditioned on the input's local gradient energy, for textures), "none", or "auto"
+    # (pixel for object-like data of one size, structure for texture-like data).
+    normalize: str = "auto"
+    image: str = "max"  # image score: max | mean_max (max of a k x k box mean) | topk_mean
+    image_k: float = 16.0  # k for mean_max / topk_mean (the top k*k pixels), px at 256
+    tta: str = "none"  # test-time augmentation, maps averaged: none | flips | dihedral
     pixel_quantile: float = 0.999  # threshold from good images: quantile of their pixel scores
     image_quantile: float = 0.99  # ... and of their image scores
+
+    @property
+    def map_terms(self) -> tuple[str, ...]:
+        return tuple(self.map.split("+"))
+
+    def __post_init__(self):
+        _check(self.sigma >= 0, f"score.sigma must be >= 0, got {self.sigma}")
+        terms = self.map.split("+")
+        _check(
+            all(t in MAP_TERMS for t in terms) and len(set(terms)) == len(terms),
+            f"score.map {self.map!r}: '+'-joined terms of {', '.join(MAP_TERMS)}",
+        )
+        _check(self.normalize in NORMALIZE_MODES, f"score.normalize {self.normalize!r}")
+        _check(
+            len(terms) == 1 or self.normalize != "none",
+            "score.map with several terms needs score.normalize other than none",
+        )
+        _check(self.image in IMAGE_SCORES, f"score.image {self.image!r}")
+        _check(self.image_k >= 1, f"score.image_k must be >= 1, got {self.image_k}")
+        _check(self.tta in TTA_MODES, f"score.tta {self.tta!r}")
+        for name in ("pixel_quantile", "image_quantile"):
+            _check(0 < getattr(self, name) < 1, f"score.{name} must be in (0, 1)")
 
 
 @dataclass(frozen=True)

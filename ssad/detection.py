@@ -1,15 +1,19 @@
 """The detector of a trained run: heatmaps, image scores and masks, and its thresholds.
 
-``Detector.load(run_dir)`` reads ``model.keras``, ``config.json`` and ``calibration.json``.
-The heatmap is ``ssad.scoring.anomaly_maps`` (the graph the export serves too): mean over
-colour channels of the squared reconstruction error at the working resolution, smoothed with
-sigma ``score.sigma * data.resolution / 256`` pixels, at each input's own size; the image score
-is its maximum. A pixel is anomalous when heatmap >= ``pixel_threshold``, an image when
-score >= ``image_threshold``.
+``Detector.load(run_dir)`` reads ``model.keras``, ``config.json``, ``calibration.json`` and
+``statistics.npz``. The heatmap is ``ssad.scoring.anomaly_maps`` (the graph the export serves
+too): the error maps of ``score.map`` at the working resolution, smoothed with sigma
+``score.sigma * data.resolution / 256`` pixels, normalised by the good-image statistics
+(``ssad.statistics``), at each input's own size; the image score follows ``score.image``. A
+pixel is anomalous when heatmap >= ``pixel_threshold``, an image when score >=
+``image_threshold``.
 
-Thresholds (``calibration.json``): ``calibrate_on_good`` takes high quantiles of defect-free
-images' pixel and image scores (the default, after training); ``calibrate_f1`` picks the
-F1-optimal thresholds on a labelled validation set; ``Detector.with_threshold`` overrides.
+Calibration: ``calibrate_on_good`` fits the good-image statistics on defect-free images (after
+training: the held-out ones, listed in ``heldout.json``) and takes high quantiles of their
+normalised pixel and image scores as thresholds, cross-fitted so that no image is scored with
+statistics it helped to make; ``calibrate_f1`` picks the F1-optimal thresholds on a labelled
+set; ``Detector.with_threshold`` overrides. ``Detector.load(run, score_overrides)`` rescores a
+trained run with other ``score.*`` settings, recalibrating on its held-out images.
 ``Ensemble`` averages several runs' heatmaps, each divided by its run's pixel threshold.
 """
 
@@ -28,13 +32,16 @@ import tensorflow as tf
 from ssad import metrics
 from ssad.config import Config
 from ssad.errors import BadImageError, DataError, RunDirError, VersionError
-from ssad.files import atomic_write_text
+from ssad.files import atomic_write_bytes, atomic_write_text
 from ssad.images import resize, to_rgb
-from ssad.scoring import anomaly_maps
+from ssad.scoring import anomaly_maps, image_score, normalized_heatmap, raw_maps
+from ssad.statistics import GoodStatistics, fit_statistics
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 CALIBRATION_FILE = "calibration.json"
+STATISTICS_FILE = "statistics.npz"
+HELDOUT_FILE = "heldout.json"
 _HOW_TO_CALIBRATE = "make one with `ssad calibrate RUN_DIR DATA_DIR` or pass --threshold"
 
 
@@ -47,29 +54,53 @@ class Detector:
     a list gives lists. Images are processed ``batch_size`` at a time.
     """
 
-    def __init__(self, model, config: Config, calibration: dict | None = None, batch_size=8):
+    def __init__(
+        self,
+        model,
+        config: Config,
+        calibration: dict | None = None,
+        statistics: GoodStatistics | None = None,
+        batch_size: int = 8,
+    ):
         self.model = model
         self.config = config
         self.calibration = dict(calibration) if calibration else None
+        self.statistics = statistics
         self.batch_size = batch_size
         self.resolution = config.data.resolution
         self.sigma = config.score.sigma * config.data.resolution / 256
+        self.k_px = max(1, round(config.score.image_k * config.data.resolution / 256))
+        spec = [tf.TensorSpec([None, None, None, 3], tf.float32)]
         self._graph = tf.function(
-            self._maps_graph,
-            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
-            reduce_retracing=True,
-            autograph=False,  # plain Python control flow on static values: trace it as is
+            self._maps_graph, input_signature=spec, reduce_retracing=True, autograph=False
+        )  # autograph off: plain Python control flow on static values, traced as is
+        self._raw_graph = tf.function(
+            self._raw_maps_graph, input_signature=spec, reduce_retracing=True, autograph=False
         )
 
     def _maps_graph(self, images):
-        heatmap, score, _ = anomaly_maps(self.model, images, self.resolution, self.sigma)
+        heatmap, score, _ = anomaly_maps(
+            self.model, images, self.resolution, self.sigma, self.config.score, self.statistics
+        )
         return heatmap, score
 
+    def _raw_maps_graph(self, images):
+        x = tf.image.resize(images, (self.resolution,) * 2, method="bilinear", antialias=True)
+        maps, _ = raw_maps(self.model, x, self.config.score, self.sigma)
+        return maps, x
+
     @classmethod
-    def load(cls, run_dir: str | os.PathLike, require_calibration: bool = True) -> Detector:
+    def load(
+        cls,
+        run_dir: str | os.PathLike,
+        require_calibration: bool = True,
+        score_overrides: dict | None = None,
+    ) -> Detector:
         """Load a run directory; ``RunDirError`` names what is missing or unreadable.
         ``require_calibration=False``: a missing or bad ``calibration.json`` leaves the
-        detector without thresholds (for ``ssad calibrate``)."""
+        detector without thresholds (for ``ssad calibrate``). ``score_overrides``:
+        ``{"score.image": "mean_max", ...}``; when they change the run's scoring, statistics
+        and thresholds are recomputed from the run's held-out good images."""
         run = Path(run_dir)
         if not run.is_dir():
             raise RunDirError(f"{run}: no such run directory")
@@ -79,19 +110,28 @@ class Detector:
             hint = f" ({_HOW_TO_CALIBRATE})" if missing == [CALIBRATION_FILE] else ""
             missing_text = ", ".join(missing)
             raise RunDirError(f"{run}: incomplete run directory, missing {missing_text}{hint}")
-        calibration = None
+        calibration, statistics = None, None
         if (run / CALIBRATION_FILE).is_file():
             try:
                 calibration = load_calibration(run)
+                statistics = load_statistics(run)
             except RunDirError as e:
                 if require_calibration or isinstance(e, VersionError):
                     raise  # else: a bad calibration is about to be replaced (ssad calibrate)
+                calibration, statistics = None, None
         config = Config.load(run / CONFIG_FILE)
         try:
             model = keras.models.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
         except Exception as e:  # Keras raises many types for a damaged or foreign file
             raise RunDirError(f"{run / MODEL_FILE}: cannot load the model ({e})") from e
-        return cls(model, config, calibration)
+        if score_overrides:
+            if any(not k.startswith("score.") for k in score_overrides):
+                raise RunDirError("only score.* settings can be changed on a trained run")
+            config = config.override(score_overrides)
+        if calibration is not None and calibration.get("score") not in (None, _plain(config)):
+            # other scoring settings than the calibration was made for: redo it
+            calibration, statistics = calibrate_on_good(cls(model, config), read_heldout(run))
+        return cls(model, config, calibration, statistics)
 
     # -- thresholds ----------------------------------------------------------------------------
     def _threshold(self, key: str) -> float:
@@ -110,11 +150,13 @@ class Detector:
     def with_threshold(self, pixel: float, image: float | None = None) -> Detector:
         """A copy with manual thresholds; ``image`` defaults to ``pixel`` (then an image is
         anomalous exactly when its mask is not empty)."""
-        other = copy.copy(self)
+        other = copy.copy(self)  # shares the model, statistics and traced graphs
         other.calibration = {
             "pixel_threshold": float(pixel),
             "image_threshold": float(pixel if image is None else image),
             "method": "manual",
+            "normalize": None if self.statistics is None else self.statistics.mode,
+            "score": _plain(self.config),
         }
         return other
 
@@ -123,6 +165,18 @@ class Detector:
         """``(heatmaps [b, h, w], scores [b])`` of one float32 batch ``[b, h, w, 3]``."""
         heatmap, score = self._graph(tf.convert_to_tensor(batch, tf.float32))
         return heatmap.numpy(), score.numpy()
+
+    def working_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(raw maps [b, r, r, m], images [b, r, r, 3])`` of one batch at the working
+        resolution ``r``: what the good-image statistics are fitted on."""
+        maps, x = self._raw_graph(tf.convert_to_tensor(batch, tf.float32))
+        return maps.numpy(), x.numpy()
+
+    def finish(self, maps, x, statistics: GoodStatistics | None):
+        """``(heatmaps, scores)`` at the working resolution from ``working_maps``' output,
+        normalised by ``statistics`` (the same ops as the detection graph)."""
+        heat = normalized_heatmap(tf.constant(maps), tf.constant(x), statistics, self.sigma)
+        return heat.numpy(), image_score(heat, self.config.score, self.k_px).numpy()
 
     def maps(self, images, batch_size: int | None = None):
         """``(heatmaps, scores)`` of ``images`` (see the class docstring for the forms)."""
@@ -169,9 +223,13 @@ class Ensemble(Detector):
         self.model = None
         self.config = self.detectors[0].config
         self.calibration = {"pixel_threshold": 1.0, "image_threshold": 1.0, "method": "ensemble"}
+        self.statistics = None
         self.batch_size = batch_size
         self.resolution = self.detectors[0].resolution
         self.sigma = None
+        for d in self.detectors:
+            if not (d.pixel_threshold > 0 and d.image_threshold > 0):
+                raise RunDirError("an ensemble needs positive thresholds in every run")
 
     def batch_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         heatmap, score = 0.0, 0.0
@@ -183,12 +241,17 @@ class Ensemble(Detector):
         return (heatmap / n).astype(np.float32), (score / n).astype(np.float32)
 
 
-def load_detector(run_dirs: Sequence[str | os.PathLike], threshold: float | None = None):
+def load_detector(
+    run_dirs: Sequence[str | os.PathLike],
+    threshold: float | None = None,
+    score_overrides: dict | None = None,
+):
     """A ``Detector`` for one run directory, an ``Ensemble`` for several; ``threshold``
-    overrides the pixel and image thresholds (on the ensemble's normalised scale)."""
+    overrides the pixel and image thresholds (on the ensemble's normalised scale);
+    ``score_overrides`` rescore each run (see ``Detector.load``)."""
     if not run_dirs:
         raise RunDirError("no run directory given")
-    detectors = [Detector.load(run) for run in run_dirs]
+    detectors = [Detector.load(run, score_overrides=score_overrides) for run in run_dirs]
     detector = detectors[0] if len(detectors) == 1 else Ensemble(detectors)
     return detector if threshold is None else detector.with_threshold(threshold)
 
@@ -291,22 +354,60 @@ def is_defective(sample, mask: np.ndarray | None) -> bool:
     return sample.defect != "good"
 
 
+def collect(
+    detector: Detector,
+    data_dir: str | os.PathLike,
+    batch_size: int = 8,
+    resolution: int | None = None,
+    skipped: list | None = None,
+    progress: bool = False,
+) -> dict:
+    """Score the test images of ``data_dir`` at ``resolution`` (default: the working one):
+    ``{"labels", "scores", "pixels" (PixelMetrics, or None without masks), "image_auroc",
+    "pixel_auroc", "aupro"}``."""
+    from ssad.data.readers import test_samples
+
+    samples = test_samples(data_dir)
+    pixels = metrics.PixelMetrics() if has_masks(samples) else None
+    labels, scores = [], []
+    resolution = resolution or detector.resolution
+    for sample, _, mask, heatmap, score in scan(
+        detector, samples, batch_size, resolution, skipped, progress
+    ):
+        labels.append(is_defective(sample, mask))
+        scores.append(score)
+        if pixels is not None:
+            pixels.update(heatmap, mask)
+    with_defects = pixels is not None and pixels.has_defects
+    return {
+        "labels": labels,
+        "scores": scores,
+        "pixels": pixels,
+        "image_auroc": metrics.auroc(labels, scores),
+        "pixel_auroc": pixels.auroc() if with_defects else None,
+        "aupro": pixels.aupro() if with_defects else None,
+    }
+
+
 # -- calibration ---------------------------------------------------------------------------------
 
 
 def calibrate_on_good(
-    detector,
-    images,
-    config: Config | None = None,
-    batch_size: int = 8,
-) -> dict:
-    """Thresholds from defect-free images alone: the ``config.score.pixel_quantile`` quantile of
-    their pixel scores and the ``image_quantile`` quantile of their image scores.
+    detector, images, config: Config | None = None, batch_size: int = 8
+) -> tuple[dict, GoodStatistics]:
+    """``(calibration, statistics)`` from defect-free images alone.
+
+    Fits the good-image statistics of ``score.normalize`` (``auto``: ``structure`` for
+    texture-like images, else ``pixel``) on all ``images``; the thresholds are the
+    ``score.pixel_quantile`` quantile of their normalised pixel scores and the
+    ``image_quantile`` quantile of their image scores, each half of the images scored with
+    statistics fitted on the other half (so the thresholds hold for new good images).
 
     ``detector``: a ``Detector``, or a Keras model together with ``config``; ``images``: any
-    form ``Detector`` accepts (e.g. the held-out good images ``[n, h, w, 3]``). Pixel scores
-    are pooled in a histogram, so memory does not grow with the number of images.
+    form ``Detector`` accepts (e.g. the held-out good images ``[n, h, w, 3]``).
     """
+    from ssad.inspection import stationarity
+
     if not isinstance(detector, Detector):
         if config is None:
             raise ValueError("calibrate_on_good needs the config with a bare model")
@@ -314,21 +415,51 @@ def calibrate_on_good(
     items, _ = as_image_list(images)
     if not items:
         raise DataError("calibrate_on_good needs at least one defect-free image")
-    counts = np.zeros(metrics.N_BINS)
-    scores = []
+    maps, xs = [], []
     for batch in _batches(items, batch_size):
-        heatmaps, s = detector.batch_maps(np.stack(batch))
-        counts += metrics.histogram(heatmaps)
-        scores.extend(s.tolist())
+        m, x = detector.working_maps(np.stack(batch))
+        maps.extend(m)
+        xs.extend(x)
+    xs = np.stack(xs)
     score_cfg = detector.config.score
-    return _calibration(
+    mode = score_cfg.normalize
+    if mode == "auto":
+        mode = "structure" if stationarity(xs).texture_like else "pixel"
+    guides = None
+    if mode == "structure":
+        guides = [g.numpy() for g in structure_guide_of(xs, detector.sigma)]
+
+    def fit(chosen):
+        g = None if guides is None else [guides[i] for i in chosen]
+        return fit_statistics(mode, [maps[i] for i in chosen], g, detector.sigma)
+
+    everything = np.arange(len(maps))
+    folds = [everything] if len(maps) < 2 else [everything[0::2], everything[1::2]]
+    counts, scores = np.zeros(metrics.N_BINS), []
+    for k, scored in enumerate(folds):
+        stats = fit(folds[1 - k] if len(folds) == 2 else scored)  # the other half
+        for start in range(0, len(scored), batch_size):
+            chosen = scored[start : start + batch_size]
+            heat, s = detector.finish(np.stack([maps[i] for i in chosen]), xs[chosen], stats)
+            counts += metrics.histogram(heat)
+            scores.extend(s.tolist())
+    calibration = _calibration(
         "good-quantile",
         pixel_threshold=metrics.histogram_quantile(counts, score_cfg.pixel_quantile),
         image_threshold=float(np.quantile(scores, score_cfg.image_quantile)),
         n_images=len(items),
-        pixel_quantile=score_cfg.pixel_quantile,
-        image_quantile=score_cfg.image_quantile,
+        normalize=mode,
+        score=_plain(detector.config),
     )
+    return calibration, fit(everything)
+
+
+def structure_guide_of(xs: np.ndarray, sigma: float):
+    """The structure guides of working-resolution images ``xs``, a batch at a time."""
+    from ssad.scoring import structure_guide
+
+    for start in range(0, len(xs), 16):
+        yield from structure_guide(tf.constant(xs[start : start + 16]), sigma)
 
 
 def calibrate_f1(
@@ -346,27 +477,18 @@ def calibrate_f1(
     """
     from ssad.data.readers import test_samples
 
-    samples = test_samples(data_dir)
-    with_masks = has_masks(samples)
-    if not with_masks and detector.calibration is None:
+    if not has_masks(test_samples(data_dir)) and detector.calibration is None:
         raise DataError(
             f"{data_dir}: not every defect image has a mask, so F1 cannot choose the pixel "
             "threshold and the run has none yet; use --method good-quantile"
         )
-    pixels = metrics.PixelMetrics()
-    labels, scores = [], []
-    for sample, _, mask, heatmap, score in scan(
-        detector, samples, batch_size, detector.resolution, skipped, progress
-    ):
-        labels.append(is_defective(sample, mask))
-        scores.append(score)
-        if with_masks:
-            pixels.update(heatmap, mask)
+    found = collect(detector, data_dir, batch_size, skipped=skipped, progress=progress)
+    labels, scores, pixels = found["labels"], found["scores"], found["pixels"]
     if all(labels) or not any(labels):
         raise DataError(f"{data_dir}: F1 calibration needs both good and defective images")
     f1_image, image_threshold = metrics.best_f1_threshold(labels, scores)
     extra = {"f1_image": f1_image}
-    if pixels.has_defects:
+    if pixels is not None and pixels.has_defects:
         extra["f1_pixel"], pixel_threshold = pixels.best_f1_threshold()
     else:
         pixel_threshold = detector.pixel_threshold
@@ -378,8 +500,15 @@ def calibrate_f1(
         n_images=len(labels),
         n_defective=int(np.sum(labels)),
         data_dir=str(data_dir),
+        normalize=None if detector.statistics is None else detector.statistics.mode,
+        score=_plain(detector.config),
         **extra,
     )
+
+
+def _plain(config: Config) -> dict:
+    """The scoring settings a calibration was made for, as stored in its JSON."""
+    return config.to_dict()["score"]
 
 
 def _calibration(method: str, **fields) -> dict:
@@ -411,12 +540,55 @@ def load_calibration(run_dir: str | os.PathLike) -> dict:
     return calibration
 
 
-def save_calibration(run_dir: str | os.PathLike, calibration: dict) -> Path:
-    """Write ``calibration`` atomically to ``RUN_DIR/calibration.json`` and return the path."""
+def save_calibration(
+    run_dir: str | os.PathLike, calibration: dict, statistics: GoodStatistics | None = None
+) -> Path:
+    """Write ``calibration`` atomically to ``RUN_DIR/calibration.json`` (and ``statistics`` to
+    ``statistics.npz``, or remove a stale one when ``None``) and return the JSON's path."""
     path = Path(run_dir) / CALIBRATION_FILE
     _check_calibration(calibration, path)
+    if statistics is None:
+        (Path(run_dir) / STATISTICS_FILE).unlink(missing_ok=True)
+    else:
+        atomic_write_bytes(Path(run_dir) / STATISTICS_FILE, statistics.to_bytes())
     atomic_write_text(path, json.dumps(calibration, indent=2) + "\n")
     return path
+
+
+def load_statistics(run_dir: str | os.PathLike) -> GoodStatistics | None:
+    """The good-image statistics of a run (``None`` when it has none: raw heatmaps)."""
+    path = Path(run_dir) / STATISTICS_FILE
+    if not path.is_file():
+        return None
+    return GoodStatistics.from_bytes(path.read_bytes(), str(path))
+
+
+def save_heldout(run_dir: str | os.PathLike, paths: Sequence) -> None:
+    """Record which good images training held out (for rescoring and recalibration)."""
+    text = json.dumps({"paths": [str(Path(p).absolute()) for p in paths]}, indent=1)
+    atomic_write_text(Path(run_dir) / HELDOUT_FILE, text + "\n")
+
+
+def read_heldout(run_dir: str | os.PathLike) -> np.ndarray:
+    """The held-out good images of a run at its working resolution, ``[n, r, r, 3]`` uint8."""
+    from ssad.data.readers import load_images
+
+    path = Path(run_dir) / HELDOUT_FILE
+    try:
+        paths = json.loads(path.read_text(encoding="utf-8"))["paths"]
+    except FileNotFoundError:
+        raise RunDirError(
+            f"{path}: not found, so the run cannot be rescored; recalibrate it on good images "
+            "with `ssad calibrate RUN_DIR DATA_DIR --method good-quantile` and the new --set"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise RunDirError(f"{path}: unreadable list of held-out images ({e})") from None
+    resolution = Config.load(Path(run_dir) / CONFIG_FILE).data.resolution
+    try:
+        images, _ = load_images(paths, resolution)
+    except (BadImageError, DataError) as e:
+        raise RunDirError(f"{path}: a held-out image cannot be read ({e})") from None
+    return images
 
 
 def _check_calibration(calibration, path: Path) -> None:

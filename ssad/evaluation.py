@@ -11,6 +11,7 @@ nearest-neighbour sampling (``resolution`` to change it).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import io
 import json
@@ -43,17 +44,19 @@ def evaluate(
     skip_bad: bool = False,
     gallery_size: int = 6,
     progress: bool = False,
+    score_overrides: dict | None = None,
 ) -> dict:
     """Evaluate one run directory (or an ensemble of several) on ``data_dir`` and write the
     report to ``out_dir``: ``metrics.json``, ``scores.csv``, ROC and PRO curves, a gallery and
     ``index.html``. Returns the content of ``metrics.json``.
 
     ``data_dir``: an MVTec AD category (``test/<defect>/``, ``ground_truth/<defect>/``) or a
-    folder of images. ``threshold`` overrides the stored pixel and image thresholds.
+    folder of images. ``threshold`` overrides the stored pixel and image thresholds;
+    ``score_overrides`` (``{"score.image": "mean_max"}``) rescore the runs without retraining.
     """
     start = time.perf_counter()
     run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
-    detector = load_detector(run_dirs, threshold)
+    detector = load_detector(run_dirs, threshold, score_overrides)
     samples = test_samples(data_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the long scan
@@ -102,6 +105,8 @@ def evaluate(
         seconds=round(time.perf_counter() - start, 3),
         run_dirs=[str(r) for r in run_dirs],
         data_dir=str(data_dir),
+        score=dataclasses.asdict(detector.config.score),
+        normalize=detector.calibration.get("normalize"),
         skipped=[{"path": e.path, "problem": e.problem} for e in skipped or []],
     )
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
@@ -155,6 +160,7 @@ def predict_files(
     threshold: float | None = None,
     skip_bad: bool = False,
     progress: bool = False,
+    score_overrides: dict | None = None,
 ) -> list[dict]:
     """Score image files, folders (searched recursively) or glob patterns; write for each
     image ``<name>_overlay.png`` and ``<name>_mask.png`` at the input's size, and
@@ -162,7 +168,10 @@ def predict_files(
     Returns those rows."""
     import keras
 
-    detector = run_dir if isinstance(run_dir, Detector) else Detector.load(run_dir)
+    if isinstance(run_dir, Detector):
+        detector = run_dir
+    else:
+        detector = Detector.load(run_dir, score_overrides=score_overrides)
     if threshold is not None:
         detector = detector.with_threshold(threshold)
     paths = expand_inputs(inputs)

@@ -2,7 +2,8 @@
 
 ``export(run_dir, export_base)`` writes ``export_base/N/`` (TF Serving's versioned layout). The
 graph holds everything ``Detector`` does: resizing to the working resolution and back, padding
-to a multiple of 8, the autoencoder, smoothing, the score, and the stored thresholds, so the
+to a multiple of 8, the autoencoder, the error maps, smoothing, the good-image statistics, the
+image score, and the stored thresholds, so the
 served model gives the same numbers as ``ssad predict`` with no client-side preprocessing.
 
 Signatures (both return ``heatmap`` [b, h, w] float32, ``score`` [b] float32, ``mask``
@@ -41,6 +42,8 @@ class ServingModule(tf.Module):
         self.model = detector.model
         self.resolution = detector.resolution
         self.sigma = detector.sigma
+        self.score = detector.config.score
+        self.statistics = detector.statistics  # its arrays become constants of the graph
         self.pixel_threshold = detector.pixel_threshold
         self.image_threshold = detector.image_threshold
 
@@ -50,7 +53,7 @@ class ServingModule(tf.Module):
     )
     def serving_default(self, images):
         heatmap, score, reconstruction = anomaly_maps(
-            self.model, images, self.resolution, self.sigma
+            self.model, images, self.resolution, self.sigma, self.score, self.statistics
         )
         return {
             "heatmap": heatmap,
@@ -112,6 +115,7 @@ def export(
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         extra = tmp / "assets.extra"  # TF Serving ignores this folder; kept for provenance
         extra.mkdir()
-        for name in ("config.json", "calibration.json"):
-            shutil.copyfile(Path(run_dir) / name, extra / name)
+        for name in ("config.json", "calibration.json", "statistics.npz"):
+            if (Path(run_dir) / name).exists():
+                shutil.copyfile(Path(run_dir) / name, extra / name)
     return target

@@ -1,11 +1,17 @@
 """The detection graph shared by ``Detector`` and the exported SavedModel.
 
-``anomaly_maps`` takes float32 images ``[b, h, w, 3]`` in [0, 1] of any size, resizes them to
-the working resolution, pads to a multiple of 8 (reflect), runs the autoencoder, and returns
-the Gaussian-smoothed heatmap of mean-over-channels squared error at the input's size, the
-image score (the heatmap's maximum at the working resolution) and the reconstruction at the
-input's size. Pure TensorFlow, so the same function runs eagerly, in ``tf.function`` and in
-the export.
+``anomaly_maps`` takes float32 images ``[b, h, w, 3]`` in [0, 1] of any size and returns the
+heatmap at the input's size, the image score and the reconstruction:
+
+1. resize to the working resolution, pad to a multiple of 8 (symmetric), run the autoencoder
+   (``inference_forward``), for each test-time augmentation (``score.tta``) of the input;
+2. ``error_maps``: the raw error maps of ``score.map`` (squared error, 1 - MSGMS), averaged
+   over the augmentations and Gaussian-smoothed;
+3. normalise them by the good-image statistics (``ssad.statistics``) and average the terms;
+4. ``image_score``: the map's maximum, the maximum of its k x k box mean or the mean of its
+   top k*k pixels; resize the heatmap back to the input's size.
+
+Pure TensorFlow, so the same function runs eagerly, in ``tf.function`` and in the export.
 
 The autoencoder runs through ``inference_forward``: the saved model stays a plain Keras model,
 and the detection graph folds batch normalisation into the convolutions and runs dilated
@@ -34,9 +40,16 @@ def gaussian_kernel(sigma: float) -> tf.Tensor:
 
 
 def gaussian_smooth(maps: tf.Tensor, sigma: float) -> tf.Tensor:
-    """Separable Gaussian blur of ``[b, h, w]``; borders renormalised (valid for any size)."""
+    """Separable Gaussian blur of ``[b, h, w]`` (or of each channel of ``[b, h, w, m]``);
+    borders renormalised (valid for any size)."""
     if sigma <= 0:
         return maps
+    if maps.shape.rank == 4:
+        stacked = tf.transpose(maps, [3, 0, 1, 2])  # [m, b, h, w]
+        shape = tf.shape(stacked)
+        flat = tf.reshape(stacked, tf.concat([[-1], shape[2:]], 0))
+        smooth = tf.reshape(gaussian_smooth(flat, sigma), shape)
+        return tf.transpose(smooth, [1, 2, 3, 0])
     k = gaussian_kernel(sigma)
     kx = tf.reshape(k, (1, -1, 1, 1))
     ky = tf.reshape(k, (-1, 1, 1, 1))
@@ -136,28 +149,163 @@ def inference_forward(model, images: tf.Tensor, dtype: str = "float32") -> tf.Te
     return tf.cast(values[id(model.outputs[0])], tf.float32)
 
 
+# -- error maps -----------------------------------------------------------------------------------
+
+_PREWITT_X = tf.constant([[1.0, 0.0, -1.0]] * 3) / 3.0
+_PREWITT = tf.stack([_PREWITT_X, tf.transpose(_PREWITT_X)], axis=-1)[:, :, None, :]  # [3,3,1,2]
+MSGMS_SCALES = 4  # image scales 1, 1/2, 1/4, 1/8
+MSGMS_C = 0.0026  # RIAD's stabilising constant, for values in [0, 1]
+
+
+def _gray(images: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(images, axis=-1, keepdims=True)
+
+
+def gradient_magnitude(gray: tf.Tensor) -> tf.Tensor:
+    """Prewitt gradient magnitude of ``[b, h, w, 1]`` (zero-padded borders)."""
+    g = tf.nn.conv2d(gray, _PREWITT, strides=1, padding="SAME")
+    return tf.sqrt(tf.reduce_sum(tf.square(g), axis=-1, keepdims=True) + 1e-12)
+
+
+def msgms_map(recon: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+    """``1 - MSGMS`` ``[b, h, w]``: one minus the gradient-magnitude similarity of the gray
+    images, averaged over ``MSGMS_SCALES`` scales (RIAD, Zavrtanik et al. 2021)."""
+    a, b = _gray(recon), _gray(images)
+    size = tf.shape(images)[1:3]
+    total = 0.0
+    for level in range(MSGMS_SCALES):
+        if level:
+            a = tf.nn.avg_pool2d(a, 2, 2, "SAME")
+            b = tf.nn.avg_pool2d(b, 2, 2, "SAME")
+        ga, gb = gradient_magnitude(a), gradient_magnitude(b)
+        gms = (2.0 * ga * gb + MSGMS_C) / (tf.square(ga) + tf.square(gb) + MSGMS_C)
+        total += gms if not level else tf.image.resize(gms, size, method="bilinear")
+    return 1.0 - total[..., 0] / MSGMS_SCALES
+
+
+def error_maps(recon: tf.Tensor, images: tf.Tensor, terms: tuple[str, ...]) -> tf.Tensor:
+    """The raw (unsmoothed) error maps named by ``terms``, stacked ``[b, h, w, m]``."""
+    makers = {
+        "squared": lambda: tf.reduce_mean(tf.square(recon - images), axis=-1),
+        "msgms": lambda: msgms_map(recon, images),
+    }
+    return tf.stack([makers[t]() for t in terms], axis=-1)
+
+
+def structure_guide(images: tf.Tensor, sigma: float) -> tf.Tensor:
+    """Local gradient energy ``[b, h, w]`` of ``images``: what ``structure`` normalisation
+    conditions the error statistics on (mortar lines, edges and highlights are large)."""
+    return gaussian_smooth(tf.square(gradient_magnitude(_gray(images)))[..., 0], sigma)
+
+
+# -- test-time augmentation -----------------------------------------------------------------------
+
+
+def _flip_w(t):
+    return tf.reverse(t, [2])
+
+
+def _flip_h(t):
+    return tf.reverse(t, [1])
+
+
+def tta_transforms(mode: str) -> list[tuple]:
+    """``(forward, inverse)`` pairs on ``[b, h, w, c]`` tensors: the identity first."""
+
+    def identity(t):
+        return t
+
+    pairs = [(identity, identity)]
+    if mode in ("flips", "dihedral"):
+        pairs += [(_flip_w, _flip_w), (_flip_h, _flip_h)]
+        pairs += [(lambda t: _flip_h(_flip_w(t)), lambda t: _flip_h(_flip_w(t)))]
+    if mode == "dihedral":  # transposes: the four diagonal symmetries left
+
+        def transpose(t):
+            return tf.transpose(t, [0, 2, 1, 3])
+
+        for f, _ in list(pairs):
+            pairs.append((lambda t, f=f: transpose(f(t)), lambda t, f=f: f(transpose(t))))
+    return pairs
+
+
+def raw_maps(model, x: tf.Tensor, score, sigma: float, dtype: str = "float32"):
+    """``(smoothed raw maps [b, h, w, m], reconstruction [b, h, w, 3])`` of working-resolution
+    images ``x``, averaged over the test-time augmentations of ``score.tta``."""
+    work = tf.shape(x)[1:3]
+    total, recon = 0.0, None
+    transforms = tta_transforms(score.tta)
+    for forward, inverse in transforms:
+        xt = forward(x)
+        size = tf.shape(xt)[1:3]
+        rt = inference_forward(model, pad_to_multiple(xt), dtype)[:, : size[0], : size[1], :]
+        total += inverse(error_maps(rt, xt, score.map_terms))
+        if recon is None:
+            recon = rt
+    maps = gaussian_smooth(total / len(transforms), sigma)
+    return tf.ensure_shape(maps, [None, None, None, len(score.map_terms)]), recon[
+        :, : work[0], : work[1]
+    ]
+
+
+# -- image score ----------------------------------------------------------------------------------
+
+
+def image_score(heatmap: tf.Tensor, score, k_px: int) -> tf.Tensor:
+    """Image scores ``[b]`` of working-resolution heatmaps ``[b, h, w]`` (``score.image``):
+    the maximum, the maximum of the ``k_px``-box mean, or the mean of the top ``k_px**2``
+    pixels."""
+    if score.image == "max":
+        return tf.reduce_max(heatmap, axis=[1, 2])
+    if score.image == "mean_max":
+        boxed = tf.nn.avg_pool2d(heatmap[..., None], k_px, 1, "SAME")  # TF: mean of valid pixels
+        return tf.reduce_max(boxed, axis=[1, 2, 3])
+    flat = tf.reshape(heatmap, [tf.shape(heatmap)[0], -1])
+    k = tf.minimum(k_px * k_px, tf.shape(flat)[1])
+    return tf.reduce_mean(tf.math.top_k(flat, k).values, axis=1)
+
+
 def anomaly_maps(
-    model, images: tf.Tensor, resolution: int | None, sigma: float, dtype: str = "float32"
+    model,
+    images: tf.Tensor,
+    resolution: int | None,
+    sigma: float,
+    score=None,
+    statistics=None,
+    dtype: str = "float32",
 ):
     """``(heatmap [b, h, w], score [b], reconstruction [b, h, w, 3])`` for ``images``.
 
     ``resolution``: side of the working resolution the model was trained at (``None`` runs
     at the input's own size); ``sigma``: heatmap smoothing in pixels at that resolution;
+    ``score``: the ``ScoreConfig`` (default: squared error, image maximum, no TTA);
+    ``statistics``: ``ssad.statistics.GoodStatistics`` to normalise by (``None``: raw maps);
     ``dtype``: compute dtype of the autoencoder (``"bfloat16"`` is faster on CPUs with AMX or
     AVX512-BF16; reconstructions then differ from float32 by up to a few 1e-3; outputs stay
     float32).
     """
+    from ssad.config import ScoreConfig
+
+    score = score or ScoreConfig(normalize="none")
     images = tf.convert_to_tensor(images, tf.float32)
     size = tf.shape(images)[1:3]
     x = images
     if resolution is not None:
         x = tf.image.resize(x, (resolution, resolution), method="bilinear", antialias=True)
-    work = tf.shape(x)[1:3]
-    recon = inference_forward(model, pad_to_multiple(x), dtype)
-    recon = recon[:, : work[0], : work[1], :]
-    heat = gaussian_smooth(tf.reduce_mean(tf.square(recon - x), axis=-1), sigma)
-    score = tf.reduce_max(heat, axis=[1, 2])
+    maps, recon = raw_maps(model, x, score, sigma, dtype)
+    heat = normalized_heatmap(maps, x, statistics, sigma)
+    k_px = max(1, round(score.image_k * (resolution or 256) / 256))
+    image = image_score(heat, score, k_px)
     if resolution is not None:
         heat = tf.image.resize(heat[..., None], size, method="bilinear")[..., 0]
         recon = tf.image.resize(recon, size, method="bilinear")
-    return heat, score, recon
+    return heat, image, recon
+
+
+def normalized_heatmap(maps: tf.Tensor, x: tf.Tensor, statistics, sigma: float) -> tf.Tensor:
+    """Raw maps ``[b, h, w, m]`` of working-resolution images ``x`` normalised by
+    ``statistics`` and averaged over the terms: the heatmap ``[b, h, w]``."""
+    if statistics is None:
+        return tf.reduce_mean(maps, axis=-1)
+    guide = structure_guide(x, sigma) if statistics.mode == "structure" else None
+    return tf.reduce_mean(statistics.apply(maps, guide), axis=-1)

@@ -31,6 +31,7 @@ import tensorflow as tf
 from ssad.batchnorm import recalibrate_batch_norm
 from ssad.callbacks import (
     Checkpoint,
+    LearningRate,
     RunState,
     StageLimit,
     StagePlan,
@@ -46,13 +47,13 @@ from ssad.callbacks import (
 from ssad.config import Config
 from ssad.data import train_dataset, validation_dataset
 from ssad.data.readers import load_images, training_image_paths
-from ssad.detection import calibrate_on_good, save_calibration
+from ssad.detection import calibrate_on_good, save_calibration, save_heldout
 from ssad.errors import ConfigError, DataError, RunDirError
 from ssad.files import atomic_path, atomic_write_text
 from ssad.losses import objective_for
 from ssad.model import build_autoencoder, init_output_bias
+from ssad.precision import POLICIES, resolve_precision
 
-POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 _RESUME_MAY_CHANGE = {"max_minutes", "strategy"}  # train.* keys a resumed run may change
 
 
@@ -188,7 +189,10 @@ def train(
     ``train.seed`` gives identical weights. ``callbacks`` run after ssad's own in every stage.
     Raises ``SsadError`` on bad data or config, a finished run in ``run_dir``, or a NaN loss.
     """
-    cfg = config
+    precision, why = resolve_precision(config.train.mixed_precision)
+    cfg = replace(config, train=replace(config.train, mixed_precision=precision))
+    if verbose and why != "as configured":
+        print(f"mixed precision: {precision} ({why})", flush=True)
     plans = plan_stages(cfg)
     strategy = _make_strategy(cfg.train.strategy)
     multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -201,10 +205,13 @@ def train(
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     paths = training_image_paths(data)
-    images, _ = load_images(paths, cfg.data.resolution, cfg.data.on_bad_image)
+    images, skipped = load_images(paths, cfg.data.resolution, cfg.data.on_bad_image)
+    bad = {str(p) for p, _ in skipped}
+    paths = [p for p in paths if str(p) not in bad]
     train_images, val_images = split_validation(
         images, cfg.data.validation_fraction, cfg.train.seed
     )
+    heldout = _validation_order(len(images), cfg.data.validation_fraction, cfg.train.seed)[1]
     loss = objective_for(cfg.train.objective, cfg.train.lam, cfg.train.norm)
 
     previous_policy = keras.mixed_precision.global_policy()
@@ -253,12 +260,13 @@ def train(
     final = build_autoencoder(cfg.model)  # float32, outside the strategy
     final.set_weights(model.get_weights())
     recalibrate_batch_norm(final, train_images, seed=cfg.train.seed)
-    calibration = calibrate_on_good(final, val_images, cfg)
+    calibration, statistics = calibrate_on_good(final, val_images, cfg)
     if chief:
         with atomic_path(run_dir / "model.keras") as tmp:
             final.save(tmp)
         atomic_write_text(run_dir / "history.json", json.dumps(state.history, indent=1) + "\n")
-        save_calibration(run_dir, calibration)
+        save_heldout(run_dir, [paths[i] for i in heldout])
+        save_calibration(run_dir, calibration, statistics)
         state.done = True
         save_checkpoint(ckpt_path, model, state, chief)
     last = state.history[-1] if state.history else {}
@@ -327,7 +335,7 @@ def _fit_stage(session: _Session, plan: StagePlan) -> None:
     limit = StageLimit(
         state, plan, session.clock, ckpt_path, _any_worker(strategy) if multiworker else None
     )
-    cbs = [limit, Validation(val, session.loss)]
+    cbs = [LearningRate(state, cfg.train, session.clock), limit, Validation(val, session.loss)]
     if cfg.train.early_stopping_patience:
         cbs.append(
             keras.callbacks.EarlyStopping(
@@ -363,14 +371,19 @@ def split_validation(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(train, validation)``: a seeded random ``fraction`` of ``images`` held out, at least
     one image in each part."""
-    n = len(images)
+    train, val = _validation_order(len(images), fraction, seed)
+    return images[train], images[val]
+
+
+def _validation_order(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices ``(train, validation)`` of :func:`split_validation`."""
     if n < 2:
         raise DataError(
             f"training needs at least 2 good images (1 is held out for validation), got {n}"
         )
     n_val = min(n - 1, max(1, round(fraction * n)))
     order = np.random.default_rng(seed).permutation(n)
-    return images[np.sort(order[n_val:])], images[np.sort(order[:n_val])]
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def _mean_colour(images: np.ndarray) -> np.ndarray:

@@ -13,9 +13,11 @@ from ssad.detection import (
     calibrate_on_good,
     load_calibration,
     load_detector,
+    load_statistics,
     save_calibration,
 )
 from ssad.errors import RunDirError
+from ssad.statistics import fit_statistics
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +90,49 @@ def test_run_dir_errors_name_what_is_missing(tmp_path, run_dir):
 
 def test_calibrate_on_good_takes_quantiles(detector, tmp_path):
     rng = np.random.default_rng(3)
-    images = rng.random((5, 32, 32, 3)).astype(np.float32)
-    calibration = calibrate_on_good(detector.model, images, detector.config, batch_size=2)
-    heatmap, score = detector.maps(images)
+    images = rng.random((5, 64, 64, 3)).astype(np.float32)  # at the working resolution
+    raw = detector.config.override({"score.normalize": "none"})
+    calibration, statistics = calibrate_on_good(detector.model, images, raw, batch_size=2)
+    heatmap, score = Detector(detector.model, raw, statistics=statistics).maps(images)
     exact_pixel = np.quantile(heatmap, 0.999)
     assert exact_pixel <= calibration["pixel_threshold"] <= exact_pixel * 1.001
     assert calibration["image_threshold"] == pytest.approx(np.quantile(score, 0.99), rel=1e-5)
     assert calibration["method"] == "good-quantile" and calibration["n_images"] == 5
-    save_calibration(tmp_path, calibration)
+    assert calibration["normalize"] == "none"
+    save_calibration(tmp_path, calibration, statistics)
     assert load_calibration(tmp_path) == calibration
+    assert load_statistics(tmp_path).mode == "none"
+
+
+def test_pixel_calibration_is_cross_fitted_on_good_images(detector):
+    rng = np.random.default_rng(5)
+    images = rng.random((6, 64, 64, 3)).astype(np.float32)
+    cfg = detector.config.override({"score.normalize": "pixel"})
+    calibration, statistics = calibrate_on_good(detector.model, images, cfg, batch_size=4)
+    assert calibration["normalize"] == "pixel" and statistics.shape == (64, 64)
+    plain = Detector(detector.model, cfg)
+    maps, xs = plain.working_maps(images)
+    sigma = plain.sigma
+    np.testing.assert_allclose(
+        statistics.mean, fit_statistics("pixel", list(maps), sigma=sigma).mean, rtol=1e-5
+    )
+    # thresholds: each half scored with the statistics of the other half
+    heats, scores = [], []
+    halves = (slice(0, None, 2), slice(1, None, 2))
+    for scored, fitted in (halves, halves[::-1]):
+        stats = fit_statistics("pixel", list(maps[fitted]), sigma=sigma)
+        h, s = plain.finish(maps[scored], xs[scored], stats)
+        heats.append(h)
+        scores.append(s)
+    assert calibration["image_threshold"] == pytest.approx(
+        np.quantile(np.concatenate(scores), 0.99), rel=1e-5
+    )
+    pooled = np.sort(np.concatenate(heats), axis=None)
+    kth = pooled[int(np.ceil(0.999 * pooled.size)) - 1]  # the 0.999-quantile sample
+    assert kth < calibration["pixel_threshold"] <= kth + 1e-3 * abs(kth)
+    # the normalised heatmap of a good image is centred near 0
+    good = Detector(detector.model, cfg, calibration, statistics).heatmap(images)
+    assert abs(good.mean()) < 0.05 and 0.5 < good.std() < 1.5
 
 
 def test_calibrate_f1_picks_the_best_image_threshold(detector, tmp_path):

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from helpers import make_run_dir
 
 from ssad.cli import main
-from ssad.detection import Detector, save_calibration
+from ssad.detection import Detector, calibrate_on_good, save_calibration
 from ssad.errors import RunDirError, SsadError
 from ssad.export import export, next_version
 from ssad.images import decode_image, encode_png, read_image, read_mask, write_png
@@ -313,3 +313,29 @@ def test_readme_tfsmlayer_reload(readme_cwd, want_part, capsys):
     np.testing.assert_array_equal(outputs["mask"].numpy(), want_part["mask"])
     printed = capsys.readouterr().out.split()
     assert float(printed[0]) == pytest.approx(float(want_part["score"][0]), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "score",
+    [
+        {"score.normalize": "pixel", "score.map": "squared+msgms", "score.image": "mean_max"},
+        {"score.normalize": "structure", "score.image": "topk_mean", "score.tta": "flips"},
+        {"score.normalize": "global", "score.map": "msgms", "score.tta": "dihedral"},
+    ],
+)
+def test_export_matches_detector_with_every_scoring_option(score, tmp_path):
+    run = make_run_dir(tmp_path / "run", overrides=score)
+    good = [_image(64, 64, seed) for seed in range(10, 16)]
+    calibration, statistics = calibrate_on_good(Detector.load(run), good)
+    assert calibration["normalize"] == score["score.normalize"]
+    save_calibration(run, calibration, statistics)
+    detector = Detector.load(run)
+    assert detector.statistics.mode == score["score.normalize"]
+    images = np.stack([_image(40, 56, 1), _image(40, 56, 2)[::-1]])
+    want = detector.predict(images)
+    served = tf.saved_model.load(str(export(run, tmp_path / "export")))
+    got = served.signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(got["heatmap"].numpy(), want["heatmap"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got["score"].numpy(), want["score"], rtol=1e-5)
+    np.testing.assert_array_equal(got["mask"].numpy(), want["mask"])
+    np.testing.assert_array_equal(got["is_anomalous"].numpy(), want["is_anomalous"])

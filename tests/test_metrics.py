@@ -140,6 +140,25 @@ def test_histogram_quantile_and_bad_values():
     exact = np.quantile(values, 0.999)
     assert exact <= threshold <= exact * 1.001
     assert np.mean(values >= threshold) <= 0.001
-    assert metrics.bin_index(np.array([0.0, 1e-30]))[0] == 0
+    zero, tiny = metrics.bin_index(np.array([0.0, 1e-30]))
+    assert zero == tiny == metrics.N_BINS // 2  # the first non-negative bin
+
+
+def test_signed_values_keep_their_order_and_quantiles():
+    rng = np.random.default_rng(6)
+    values = rng.normal(0.0, 2.0, 100000)  # normalised heatmaps: centred near 0
+    bins = metrics.bin_index(values)
+    order = np.argsort(values)
+    assert np.all(np.diff(bins[order]) >= 0)  # bins ascend with the value
+    assert np.all(metrics.BIN_EDGES[bins] <= values)
+    for q in (0.01, 0.5, 0.999):
+        threshold = metrics.histogram_quantile(metrics.histogram(values), q)
+        kth = np.sort(values)[int(np.ceil(q * len(values))) - 1]  # the q-quantile sample
+        assert kth < threshold <= kth + 1e-3 * abs(kth) + 1e-9
+        assert np.mean(values >= threshold) <= 1 - q
+    labels = values > 1.0 + rng.normal(0, 1, values.shape)
+    acc = metrics.PixelMetrics()
+    acc.update(values.reshape(100, 1000), labels.reshape(100, 1000))
+    assert acc.auroc() == pytest.approx(roc_auc_score(labels, values), abs=1e-4)
     with pytest.raises(ValueError, match="finite"):
         metrics.bin_index(np.array([0.1, np.nan]))

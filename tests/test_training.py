@@ -18,12 +18,13 @@ import tensorflow as tf
 from click.testing import CliRunner
 from scipy.ndimage import gaussian_filter
 
-from ssad.callbacks import RunState, read_state
+from ssad.callbacks import LearningRate, RunState, read_state, schedule_factor
 from ssad.cli import main
 from ssad.config import Config
 from ssad.data.readers import load_images, training_image_paths
 from ssad.errors import ConfigError, DataError, RunDirError, SsadError
 from ssad.images import write_png
+from ssad.precision import resolve_precision
 from ssad.training import plan_stages, split_validation, train, training_config
 
 
@@ -83,8 +84,15 @@ def test_cli_tiny_run_writes_every_run_dir_file(images, tmp_path):
     assert "trained 4 steps" in result.output and str(run / "model.keras") in result.output
     for name in ("model.keras", "config.json", "history.json", "calibration.json"):
         assert (run / name).is_file(), name
+    for name in ("statistics.npz", "heldout.json"):
+        assert (run / name).is_file(), name
     expected = training_config(Config.preset("tiny"), steps=4)
+    precision = resolve_precision("auto")[0]  # the saved config holds what auto chose
+    assert precision in result.output
+    expected = expected.override({"train.mixed_precision": precision})
     assert Config.load(run / "config.json") == expected
+    heldout = json.loads((run / "heldout.json").read_text())["paths"]
+    assert len(heldout) == 1 and Path(heldout[0]).parent == images  # 0.2 of 6 images
     history = json.loads((run / "history.json").read_text())
     # tiny: 2 stages of 2 steps, one epoch each
     assert [(h["stage"], h["crop"], h["step"]) for h in history] == [(1, 32, 2), (2, 64, 4)]
@@ -154,6 +162,28 @@ def test_resume_after_sigkill(images, tmp_path):
     history = json.loads((run / "history.json").read_text())
     assert [h["step"] for h in history] == [2, 4, 6]
     assert checkpoint_state(run).done
+    # the learning-rate schedule went on from the restored step: the k-th step of 6 ran at
+    # progress (k - 1) / 6, in the killed session and in the resumed one alike
+    t = cfg.train
+    want = [t.learning_rate * schedule_factor((k - 1) / 6, "cosine", t.warmup) for k in (2, 4, 6)]
+    np.testing.assert_allclose([h["learning_rate"] for h in history], want, rtol=1e-2)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    values = [schedule_factor(p, "cosine", 0.1) for p in (0.0, 0.05, 0.1, 0.55, 1.0, 2.0)]
+    assert values[0] < 0.02 and values[1] == pytest.approx(0.5, abs=0.01)
+    assert values[2] == pytest.approx(1.0) and values[3] == pytest.approx(0.5)
+    assert values[4] == pytest.approx(0.0, abs=1e-12) and values[5] == values[4]
+    assert schedule_factor(0.7, "constant", 0.1) == 1.0
+
+
+def test_time_bounded_progress_follows_the_run_clock():
+    cfg = training_config(Config.preset("tiny"), max_minutes=2.0)  # no step bound
+    assert cfg.train.steps is None
+    schedule = LearningRate(RunState(step=10), cfg.train, clock=lambda: 30.0)
+    assert schedule.progress() == 0.25  # 30 s of 120
+    both = cfg.override({"train.steps": 20})
+    assert LearningRate(RunState(step=10), both.train, clock=lambda: 30.0).progress() == 0.5
 
 
 def test_resume_refuses_other_settings(images, tmp_path):
@@ -202,21 +232,31 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(images, 
 _TWO_SEEDED_RUNS = """
 import sys
 import numpy as np, ssad
+from ssad.detection import Detector
 from ssad.training import train
 cfg = ssad.Config.load(sys.argv[1])
-a, b = (train(cfg, sys.argv[2], f"{sys.argv[3]}/{i}", deterministic=True, verbose=0).model
-        for i in range(2))
+score = {"score.normalize": "pixel", "score.image": "mean_max", "score.map": "squared+msgms"}
+# the second run scores differently; scoring does not change training
+a, b = (train(c, sys.argv[2], f"{sys.argv[3]}/{i}", deterministic=True, verbose=0).model
+        for i, c in enumerate([cfg, cfg.override(score)]))
 same = all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
 print("RESULT", len(a.get_weights()), same)
+rescored = Detector.load(f"{sys.argv[3]}/0", score_overrides=score)
+trained = Detector.load(f"{sys.argv[3]}/1")
+images = np.random.default_rng(0).random((3, 32, 32, 3)).astype("float32")
+print("RESCORED", rescored.calibration == trained.calibration,
+      np.abs(rescored.heatmap(images) - trained.heatmap(images)).max() < 1e-6)
 """
 
 
-def test_same_seed_gives_identical_weights(images, tmp_path):
+def test_same_seed_gives_identical_weights_and_rescoring_equals_training(images, tmp_path):
     # a subprocess: op determinism is process-wide and must not leak into other tests
     small_config(steps=2, **{"distortion.kind": "elastic"}).save(tmp_path / "cfg.json")
     out = run_python(_TWO_SEEDED_RUNS, tmp_path / "cfg.json", images, tmp_path, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "RESULT 92 True" in out.stdout
+    # `ssad evaluate RUN --set score...` rescoring gives the run trained with those settings
+    assert "RESCORED True True" in out.stdout
 
 
 def test_training_config_applies_the_cli_options():

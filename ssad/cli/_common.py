@@ -71,3 +71,32 @@ def _one_line(e: BaseException) -> str:
             return f"{e.filename}: is a file, not a folder"  # mkdir through a file
         return f"{e.filename}: {e.strerror or e}"
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def score_set_option(fn):
+    """``--set score.KEY=VALUE`` (repeatable): rescore a trained run without retraining."""
+    return click.option(
+        "--set",
+        "settings",
+        multiple=True,
+        metavar="score.KEY=VALUE",
+        help="Change a scoring option of the run, e.g. --set score.image=mean_max (repeatable); "
+        "statistics and thresholds are recomputed from its held-out good images.",
+    )(fn)
+
+
+def parse_settings(settings) -> dict:
+    """``{"score.image": "mean_max", ...}`` from ``KEY=VALUE`` texts (values read as JSON,
+    else as text)."""
+    import json
+
+    parsed = {}
+    for text in settings:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint="--set")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed

@@ -15,8 +15,8 @@ from ssad.cli._common import command
     type=click.Choice(["f1", "good-quantile"]),
     default="f1",
     show_default=True,
-    help="f1: F1-optimal on DATA_DIR's labelled images; good-quantile: high "
-    "quantiles of its defect-free images only.",
+    help="f1: F1-optimal on DATA_DIR's labelled images (keeps the good-image statistics); "
+    "good-quantile: good-image statistics and high quantiles of its defect-free images only.",
 )
 @click.option(
     "--threshold", type=float, help="Store this pixel and image threshold (no DATA_DIR needed)."
@@ -33,6 +33,7 @@ def calibrate(run_dir, data_dir, method, threshold, batch_size, skip_bad) -> Non
     from ssad.errors import SsadError
 
     detector = Detector.load(run_dir, require_calibration=False)
+    statistics = detector.statistics
     if threshold is not None:
         calibration = detector.with_threshold(threshold).calibration
     elif data_dir is None:
@@ -43,10 +44,10 @@ def calibrate(run_dir, data_dir, method, threshold, batch_size, skip_bad) -> Non
         for bad in skipped or []:
             click.echo(f"skipped {bad}", err=True)
     else:
-        calibration = calibrate_on_good(
+        calibration, statistics = calibrate_on_good(
             detector, _good_images(data_dir, skip_bad), batch_size=batch_size
         )
-    path = save_calibration(run_dir, calibration)
+    path = save_calibration(run_dir, calibration, statistics)
     click.echo(json.dumps(calibration, indent=2))
     click.echo(f"saved {path}")
 

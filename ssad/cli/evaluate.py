@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssad.cli._common import command
+from ssad.cli._common import command, parse_settings, score_set_option
 
 
 @command("evaluate")
@@ -16,6 +16,7 @@ from ssad.cli._common import command
     type=click.Path(file_okay=False),
     help="Report folder (metrics.json, curves, gallery, index.html).",
 )
+@score_set_option
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--threshold", type=float, help="Pixel and image threshold instead of the stored calibration."
@@ -33,7 +34,9 @@ from ssad.cli._common import command
     type=click.IntRange(min=0),
     help="Pictures per gallery list.",
 )
-def evaluate(paths, out_dir, batch_size, threshold, resolution, gallery_size, skip_bad) -> None:
+def evaluate(
+    paths, out_dir, settings, batch_size, threshold, resolution, gallery_size, skip_bad
+) -> None:
     """Evaluate RUN_DIR... on DATA_DIR (the last path): an MVTec AD category or a folder.
 
     Several run directories form an ensemble: the mean of their heatmaps, each divided by
@@ -53,6 +56,7 @@ def evaluate(paths, out_dir, batch_size, threshold, resolution, gallery_size, sk
         threshold=threshold,
         resolution=resolution,
         skip_bad=skip_bad,
+        score_overrides=parse_settings(settings),
         gallery_size=gallery_size,
         progress=True,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ssad.cli._common import command
+from ssad.cli._common import command, parse_settings, score_set_option
 
 
 @command("predict")
@@ -17,11 +17,12 @@ from ssad.cli._common import command
     type=click.Path(file_okay=False),
     help="Output folder for overlays, masks, scores.csv and scores.json.",
 )
+@score_set_option
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--threshold", type=float, help="Pixel and image threshold instead of the stored calibration."
 )
-def predict(run_dir, inputs, out_dir, batch_size, threshold, skip_bad) -> None:
+def predict(run_dir, inputs, out_dir, settings, batch_size, threshold, skip_bad) -> None:
     """Find defects in INPUT... (image files, folders or glob patterns) with RUN_DIR's model.
 
     Writes <name>_overlay.png and <name>_mask.png per image (at its own size) and
@@ -36,6 +37,7 @@ def predict(run_dir, inputs, out_dir, batch_size, threshold, skip_bad) -> None:
         batch_size=batch_size,
         threshold=threshold,
         skip_bad=skip_bad,
+        score_overrides=parse_settings(settings),
         progress=True,
     )
     for row in rows:

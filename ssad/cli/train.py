@@ -24,7 +24,11 @@ from ssad.cli._common import command
     help="Wall-clock budget; given alone, it replaces the step budget.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size of every stage.")
-@click.option("--mixed-precision", type=click.Choice(["none", "bf16", "fp16"]))
+@click.option(
+    "--mixed-precision",
+    type=click.Choice(["auto", "none", "bf16", "fp16"]),
+    help="auto (default): bf16 where the CPU or GPU has it, else float32.",
+)
 @click.option(
     "--strategy",
     type=click.Choice(["default", "mirrored", "multiworker"]),

@@ -2,8 +2,8 @@
 it on the data set's test images, append a row to a JSON-lines results file and return it.
 
     python tools/benchmark.py quality --data DIR --variant NAME --minutes M [--results FILE]
-        [--preset NAME] [--image-size N] [--mixed-precision none|bf16|fp16] [--set KEY=VALUE]...
-        [--workdir DIR]
+        [--preset NAME] [--image-size N] [--mixed-precision auto|none|bf16|fp16]
+        [--set KEY=VALUE]... [--workdir DIR]
 
 Variants (config overrides on the preset): ``objective1`` (eq. 1, default distortion),
 ``objective2`` (eq. 2 with early stopping), ``plain-ae`` (objective 0: the same model as an
@@ -50,7 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--preset", default="object", help="ssad config preset (default: object)")
     p.add_argument("--image-size", type=int, help="working resolution (default: the preset's)")
     p.add_argument(
-        "--mixed-precision", choices=("none", "bf16", "fp16"), help="default: the preset's"
+        "--mixed-precision", choices=("auto", "none", "bf16", "fp16"), help="default: the preset's"
     )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -60,19 +60,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     overrides = {}
     for text in args.overrides:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            p.error(f"--set {text!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-3")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+        overrides.update(parse_set(p, text))
     args.overrides = overrides
     if args.minutes <= 0:
         p.error(f"--minutes must be > 0, got {args.minutes:g}")
     if not (args.data / "train").is_dir() or not (args.data / "test").is_dir():
         p.error(f"--data {args.data}: not a data set folder with train/ and test/")
     return args
+
+
+def parse_set(parser: argparse.ArgumentParser, text: str) -> dict:
+    """``{KEY: VALUE}`` of a ``KEY=VALUE`` option: the value read as JSON, else as text; a
+    comma-separated list (``a,b``) becomes a list."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        parser.error(f"{text!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-3")
+    try:
+        return {key: json.loads(value)}
+    except json.JSONDecodeError:
+        pass
+    if "," in value and not value.startswith(("[", "{")):
+        return {key: [parse_set(parser, f"{key}={v}")[key] for v in value.split(",")]}
+    return {key: value}
 
 
 def main(argv: list[str]) -> dict:
@@ -87,7 +96,10 @@ def main(argv: list[str]) -> dict:
         max_minutes=args.minutes,
         mixed_precision=args.mixed_precision,
     ).override(args.overrides)
-    dataset, precision = args.data.resolve().name, base.train.mixed_precision
+    from ssad.precision import resolve_precision
+
+    dataset = args.data.resolve().name
+    precision = resolve_precision(base.train.mixed_precision)[0]
     size = base.data.resolution
     name = f"{dataset}-{args.preset}-{size}px-{precision}-{args.minutes:g}min"
     name += "".join(f"-{k}={v}" for k, v in args.overrides.items())

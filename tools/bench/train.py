@@ -33,7 +33,7 @@ def main(argv: list[str]) -> dict:
     from ssad.data import train_dataset
     from ssad.losses import objective_for
     from ssad.model import build_autoencoder
-    from ssad.training import POLICIES
+    from ssad.precision import POLICIES
 
     cfg = Config.preset(args.preset)
     res = cfg.data.resolution

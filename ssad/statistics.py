@@ -1,0 +1,140 @@
+"""What a normal error looks like: statistics of the error maps of held-out good images.
+
+The raw error of an autoencoder is not equally large everywhere on a good image: specular
+highlights, edges of the part, a noisy background or a texture's mortar lines are always
+reconstructed worse. ``GoodStatistics`` stores the mean and spread of each raw error map on
+defect-free images and turns a map into ``(error - mean) / std``, so that "unusual for this
+place" (or "for this kind of structure") is what the heatmap shows:
+
+- ``pixel``: a mean and std map at the working resolution (aligned objects of one size);
+- ``global``: one mean and std per map (only matters when several maps are combined);
+- ``structure``: mean and std per bin of the input's local gradient energy (textures, where a
+  position means nothing but edges are always harder than flat areas);
+- ``none``: the raw map.
+
+Few images give noisy per-pixel spreads: the std map is smoothed and floored at
+``STD_FLOOR`` times its mean, so a pixel that was by chance reconstructed alike in every held-out
+image does not blow up. ``fit_statistics`` works in NumPy; ``GoodStatistics.apply`` in
+TensorFlow (the detection graph and the export hold the arrays as constants).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from scipy import ndimage
+
+from ssad.errors import RunDirError
+
+MODES = ("none", "global", "pixel", "structure")
+STD_FLOOR = 0.1  # the smallest std, as a fraction of the mean std
+STRUCTURE_BINS = 16  # quantile bins of the local gradient energy
+
+
+@dataclass(frozen=True, eq=False)
+class GoodStatistics:
+    """Mean and std of each of ``m`` raw error maps on good images.
+
+    ``mean``/``std``: ``[m]`` (global, none), ``[h, w, m]`` (pixel) or ``[bins, m]``
+    (structure, with ``edges`` ``[bins - 1]`` on the gradient energy).
+    """
+
+    mode: str
+    mean: np.ndarray
+    std: np.ndarray
+    edges: np.ndarray
+
+    def apply(self, maps: tf.Tensor, guide: tf.Tensor | None = None) -> tf.Tensor:
+        """``(maps - mean) / std`` for raw maps ``[b, h, w, m]``; ``guide`` ``[b, h, w]``:
+        the structure guide (``structure`` mode only)."""
+        maps = tf.cast(maps, tf.float32)
+        mean = tf.constant(self.mean, tf.float32)
+        std = tf.constant(self.std, tf.float32)
+        if self.mode == "structure":
+            flat = tf.reshape(tf.cast(guide, tf.float32), [-1])
+            index = tf.searchsorted(tf.constant(self.edges, tf.float32), flat, side="right")
+            index = tf.reshape(index, tf.shape(guide))
+            mean, std = tf.gather(mean, index), tf.gather(std, index)  # [b, h, w, m]
+        elif self.mode == "pixel":
+            maps = tf.ensure_shape(maps, [None, *self.mean.shape])
+        return (maps - mean) / std
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        """The working size ``(h, w)`` a ``pixel`` statistic applies to (else ``None``)."""
+        return tuple(self.mean.shape[:2]) if self.mode == "pixel" else None
+
+    # -- storage ----------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, mode=np.array(self.mode), mean=self.mean, std=self.std, edges=self.edges)
+        return buffer.getvalue()
+
+    @staticmethod
+    def from_bytes(data: bytes, where: str = "statistics") -> GoodStatistics:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as f:
+                stats = GoodStatistics(
+                    str(f["mode"]),
+                    f["mean"].astype(np.float32),
+                    f["std"].astype(np.float32),
+                    f["edges"].astype(np.float32),
+                )
+        except (OSError, EOFError, KeyError, ValueError) as e:
+            raise RunDirError(f"{where}: unreadable good-image statistics ({e})") from None
+        if stats.mode not in MODES or stats.mean.shape != stats.std.shape:
+            raise RunDirError(f"{where}: unreadable good-image statistics (mode {stats.mode!r})")
+        return stats
+
+
+def fit_statistics(
+    mode: str, maps: list[np.ndarray], guides: list[np.ndarray] | None = None, sigma: float = 0
+) -> GoodStatistics:
+    """Statistics of raw maps ``[h, w, m]`` of good images (any sizes but for ``pixel``).
+
+    ``guides``: the structure guide ``[h, w]`` of each image (``structure`` only); ``sigma``:
+    smoothing of the ``pixel`` mean and std maps, in pixels.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown normalisation {mode!r}")
+    if not maps:
+        raise ValueError("good-image statistics need at least one image")
+    m = maps[0].shape[-1]
+    empty = np.zeros(0, np.float32)
+    if mode == "none":
+        return GoodStatistics(mode, np.zeros(m, np.float32), np.ones(m, np.float32), empty)
+    if mode == "pixel":
+        if len({x.shape for x in maps}) > 1:
+            raise ValueError("pixel statistics need images of one size")
+        stack = np.stack(maps).astype(np.float64)
+        mean, std = stack.mean(axis=0), stack.std(axis=0)
+        if sigma > 0:
+            mean = ndimage.gaussian_filter(mean, (sigma, sigma, 0), mode="nearest")
+            std = ndimage.gaussian_filter(std, (sigma, sigma, 0), mode="nearest")
+        return GoodStatistics(mode, mean.astype(np.float32), _floor(std), empty)
+    values = np.concatenate([x.reshape(-1, m) for x in maps]).astype(np.float64)
+    if mode == "global":
+        return GoodStatistics(mode, values.mean(0).astype(np.float32), _floor(values.std(0)), empty)
+    if guides is None:
+        raise ValueError("structure statistics need the structure guides")
+    guide = np.concatenate([g.ravel() for g in guides]).astype(np.float64)
+    quantiles = np.linspace(0, 1, STRUCTURE_BINS + 1)[1:-1]
+    edges = np.unique(np.quantile(guide, quantiles))
+    index = np.searchsorted(edges, guide, side="right")
+    bins = len(edges) + 1
+    count = np.maximum(np.bincount(index, minlength=bins), 1)[:, None]
+    total = np.stack([np.bincount(index, values[:, j], bins) for j in range(m)], axis=1)
+    square = np.stack([np.bincount(index, values[:, j] ** 2, bins) for j in range(m)], axis=1)
+    mean = total / count
+    std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
+    return GoodStatistics(mode, mean.astype(np.float32), _floor(std), edges.astype(np.float32))
+
+
+def _floor(std: np.ndarray) -> np.ndarray:
+    """``std`` floored at ``STD_FLOOR`` times its mean over positions (per map)."""
+    std = np.asarray(std, np.float64)
+    level = std.reshape(-1, std.shape[-1]).mean(axis=0)
+    return np.maximum(std, np.maximum(STD_FLOOR * level, 1e-12)).astype(np.float32)
