@@ -27,6 +27,8 @@ import tensorflow as tf
 from keras import layers, ops
 from keras.activations import linear
 
+from ssad.layers import dilated_conv2d
+
 # Layers whose ``call`` works in any float dtype (their ``__call__`` would cast to float32).
 _DTYPE_AGNOSTIC = (layers.ReLU, layers.MaxPooling2D, layers.Concatenate)
 
@@ -64,8 +66,11 @@ def gaussian_smooth(maps: tf.Tensor, sigma: float) -> tf.Tensor:
 
 
 def pad_to_multiple(images: tf.Tensor, multiple: int = 8) -> tf.Tensor:
-    """Pad ``[b, h, w, c]`` at the bottom/right to multiples of ``multiple`` (symmetric)."""
-    h, w = tf.shape(images)[1], tf.shape(images)[2]
+    """Pad ``[b, h, w, c]`` at the bottom/right to multiples of ``multiple`` (symmetric).
+    Static sizes stay static (so the convolutions can drop taps that only meet padding)."""
+    h, w = images.shape[1], images.shape[2]
+    h = tf.shape(images)[1] if h is None else h
+    w = tf.shape(images)[2] if w is None else w
     ph = (multiple - h % multiple) % multiple
     pw = (multiple - w % multiple) % multiple
     return tf.pad(images, [[0, 0], [0, ph], [0, pw], [0, 0]], mode="SYMMETRIC")
@@ -106,9 +111,7 @@ def _conv(conv, bn, x, dtype):
             dilation_rate=conv.dilation_rate,
         )
     else:  # tf.nn.convolution (what Keras calls) would run dilations as space-to-batch
-        y = tf.nn.conv2d(
-            x, kernel, conv.strides, conv.padding.upper(), dilations=conv.dilation_rate
-        )
+        y = dilated_conv2d(x, kernel, conv.dilation_rate, conv.padding, conv.strides)
     if bias is not None:
         y = tf.nn.bias_add(y, bias)
     return conv.activation(y)

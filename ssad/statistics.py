@@ -12,10 +12,11 @@ place" (or "for this kind of structure") is what the heatmap shows:
   position means nothing but edges are always harder than flat areas);
 - ``none``: the raw map.
 
-Few images give noisy per-pixel spreads: the std map is smoothed and floored at
-``STD_FLOOR`` times its mean, so a pixel that was by chance reconstructed alike in every held-out
-image does not blow up. ``fit_statistics`` works in NumPy; ``GoodStatistics.apply`` in
-TensorFlow (the detection graph and the export hold the arrays as constants).
+Few images give noisy per-pixel spreads, and a quiet region (a dark background) has a tiny
+one: the std is smoothed and floored at ``floor`` times its mean over all positions
+(``score.std_floor``), so that such places do not turn sensor noise into anomalies.
+``fit_statistics`` works in NumPy; ``GoodStatistics.apply`` in TensorFlow (the detection graph
+and the export hold the arrays as constants).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from scipy import ndimage
 from ssad.errors import RunDirError
 
 MODES = ("none", "global", "pixel", "structure")
-STD_FLOOR = 0.1  # the smallest std, as a fraction of the mean std
 STRUCTURE_BINS = 16  # quantile bins of the local gradient energy
 
 
@@ -91,12 +91,17 @@ class GoodStatistics:
 
 
 def fit_statistics(
-    mode: str, maps: list[np.ndarray], guides: list[np.ndarray] | None = None, sigma: float = 0
+    mode: str,
+    maps: list[np.ndarray],
+    guides: list[np.ndarray] | None = None,
+    sigma: float = 0,
+    floor: float = 0.1,
 ) -> GoodStatistics:
     """Statistics of raw maps ``[h, w, m]`` of good images (any sizes but for ``pixel``).
 
     ``guides``: the structure guide ``[h, w]`` of each image (``structure`` only); ``sigma``:
-    smoothing of the ``pixel`` mean and std maps, in pixels.
+    smoothing of the ``pixel`` mean and std maps, in pixels; ``floor``: the smallest std, as
+    a fraction of the mean std over all positions (or bins).
     """
     if mode not in MODES:
         raise ValueError(f"unknown normalisation {mode!r}")
@@ -114,10 +119,12 @@ def fit_statistics(
         if sigma > 0:
             mean = ndimage.gaussian_filter(mean, (sigma, sigma, 0), mode="nearest")
             std = ndimage.gaussian_filter(std, (sigma, sigma, 0), mode="nearest")
-        return GoodStatistics(mode, mean.astype(np.float32), _floor(std), empty)
+        return GoodStatistics(mode, mean.astype(np.float32), _floor(std, floor), empty)
     values = np.concatenate([x.reshape(-1, m) for x in maps]).astype(np.float64)
     if mode == "global":
-        return GoodStatistics(mode, values.mean(0).astype(np.float32), _floor(values.std(0)), empty)
+        return GoodStatistics(
+            mode, values.mean(0).astype(np.float32), _floor(values.std(0), floor), empty
+        )
     if guides is None:
         raise ValueError("structure statistics need the structure guides")
     guide = np.concatenate([g.ravel() for g in guides]).astype(np.float64)
@@ -130,11 +137,13 @@ def fit_statistics(
     square = np.stack([np.bincount(index, values[:, j] ** 2, bins) for j in range(m)], axis=1)
     mean = total / count
     std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
-    return GoodStatistics(mode, mean.astype(np.float32), _floor(std), edges.astype(np.float32))
+    return GoodStatistics(
+        mode, mean.astype(np.float32), _floor(std, floor), edges.astype(np.float32)
+    )
 
 
-def _floor(std: np.ndarray) -> np.ndarray:
-    """``std`` floored at ``STD_FLOOR`` times its mean over positions (per map)."""
+def _floor(std: np.ndarray, floor: float) -> np.ndarray:
+    """``std`` floored at ``floor`` times its mean over positions (per map)."""
     std = np.asarray(std, np.float64)
     level = std.reshape(-1, std.shape[-1]).mean(axis=0)
-    return np.maximum(std, np.maximum(STD_FLOOR * level, 1e-12)).astype(np.float32)
+    return np.maximum(std, np.maximum(floor * level, 1e-12)).astype(np.float32)

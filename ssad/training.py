@@ -336,11 +336,9 @@ def _fit_stage(session: _Session, plan: StagePlan) -> None:
         state, plan, session.clock, ckpt_path, _any_worker(strategy) if multiworker else None
     )
     cbs = [LearningRate(state, cfg.train, session.clock), limit, Validation(val, session.loss)]
-    if cfg.train.early_stopping_patience:
+    if cfg.train.patience:
         cbs.append(
-            keras.callbacks.EarlyStopping(
-                patience=cfg.train.early_stopping_patience, restore_best_weights=True
-            )
+            keras.callbacks.EarlyStopping(patience=cfg.train.patience, restore_best_weights=True)
         )
     if multiworker:
         cbs.append(SyncStatistics(strategy))

@@ -97,7 +97,7 @@ def test_variants_are_config_overrides_of_the_preset():
     assert (plain.train.objective, plain.distortion.kind) == (0, "none")
     swap = base.override(quality.VARIANTS["objective1-swap"])
     assert (swap.train.objective, swap.distortion.kind) == (1, "swap")
-    assert base.override(quality.VARIANTS["objective2"]).train.early_stopping_patience == 3
+    assert base.override(quality.VARIANTS["objective2"]).train.patience == 3
     assert set(quality.ENSEMBLE) < set(quality.VARIANTS)
 
 

@@ -61,3 +61,31 @@ def test_override():
     assert cfg.data.flip == Config.preset("tiny").data.flip
     with pytest.raises(ConfigError, match="train.nope"):
         cfg.override({"train.nope": 1})
+
+
+def test_objective_2_stops_early_by_default_and_paper_preset_trains_as_printed():
+    assert Config().train.patience == 0
+    assert Config().override({"train.objective": 2}).train.patience == 3
+    off = Config().override({"train.objective": 2, "train.early_stopping_patience": 0})
+    assert off.train.patience == 0
+    paper = Config.preset("paper").train
+    assert (paper.learning_rate, paper.norm, paper.schedule) == (1e-4, "l2", "constant")
+    cpu = Config.preset("object").train
+    assert (cpu.learning_rate, cpu.norm, cpu.schedule) == (1e-3, "squared", "cosine")
+
+
+def test_score_options_are_checked():
+    ok = Config().override({"score.map": "squared+msgms", "score.normalize": "pixel"})
+    assert ok.score.map_terms == ("squared", "msgms")
+    for key, value, message in (
+        ("score.map", "squared+ssim", "score.map"),
+        ("score.map", "squared+squared", "score.map"),
+        ("score.normalize", "median", "score.normalize"),
+        ("score.image", "mean", "score.image"),
+        ("score.tta", "rotations", "score.tta"),
+        ("score.image_k", 0, "image_k"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            Config().override({key: value})
+    with pytest.raises(ConfigError, match="several terms"):
+        Config().override({"score.map": "squared+msgms", "score.normalize": "none"})

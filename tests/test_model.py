@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import ssad
 from ssad.model import count_flops
@@ -102,12 +103,41 @@ def test_dilated_conv_matches_keras_conv():
     from ssad.layers import DilatedConv2D
 
     x = np.random.default_rng(2).random((2, 24, 20, 5), dtype=np.float32)
-    for rate in (2, 16):
+    # a 24 x 20 map: rate 2 keeps every tap, the larger rates drop those that meet only padding
+    for rate in (2, 8, 12, 16, 32):
         ref = keras.layers.Conv2D(4, 5, padding="same", dilation_rate=rate)
         fast = DilatedConv2D(4, 5, padding="same", dilation_rate=rate)
         ref.build(x.shape)
         fast.build(x.shape)
         fast.set_weights(ref.get_weights())
         np.testing.assert_allclose(fast(x), ref(x), atol=1e-5)
+        traced = tf.function(fast, input_signature=[tf.TensorSpec([None, None, None, 5])])
+        np.testing.assert_allclose(traced(x), ref(x), atol=1e-5)  # sizes unknown: whole kernel
     restored = keras.layers.deserialize(keras.layers.serialize(fast))
-    assert type(restored) is DilatedConv2D and restored.dilation_rate == (16, 16)
+    assert type(restored) is DilatedConv2D and restored.dilation_rate == (32, 32)
+
+
+def test_padding_taps_are_cut_only_where_they_never_meet_data():
+    from ssad.layers import dilated_conv2d
+
+    kernel = tf.constant(np.random.default_rng(3).random((5, 5, 2, 3), dtype=np.float32))
+    x = tf.constant(np.random.default_rng(4).random((1, 16, 9, 2), dtype=np.float32))
+    # a 16 x 9 map: rate 8 keeps the offsets 0 and +-8 on both axes (+-16 never meets data);
+    # rate 16 keeps only the centre tap; rate 4 keeps all 5 x 5
+    for rate, taps in ((8, (3, 3)), (16, (1, 1)), (4, (5, 5))):
+        graph = tf.function(lambda t, r=rate: dilated_conv2d(t, kernel, r)).get_concrete_function(
+            tf.TensorSpec(x.shape)
+        )
+        shapes = [
+            tuple(op.outputs[0].shape[:2])
+            for op in graph.graph.get_operations()
+            if op.type == "Conv2D"
+        ]
+        kernels = [
+            tuple(op.inputs[1].shape[:2])
+            for op in graph.graph.get_operations()
+            if op.type == "Conv2D"
+        ]
+        assert kernels == [taps], (rate, kernels, shapes)
+        want = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=rate)
+        np.testing.assert_allclose(graph(x), want, atol=1e-5)

@@ -5,7 +5,9 @@ import pytest
 import tensorflow as tf
 
 from ssad.errors import RunDirError
-from ssad.statistics import STD_FLOOR, GoodStatistics, fit_statistics
+from ssad.statistics import GoodStatistics, fit_statistics
+
+STD_FLOOR = 0.1  # fit_statistics' default
 
 
 def _maps(n=12, h=16, w=20, m=2, seed=0):

@@ -1,0 +1,76 @@
+"""Synthetic defects on good images: a test set that needs no real defects.
+
+``synthetic_defects`` pastes one defect of a kind the training corruption never makes into
+each image: dark or bright blobs of several sizes, thin lines and holes, or a patch of texture
+from elsewhere in the picture. Two uses, both from defect-free images only:
+
+- ``score.normalize = auto`` picks the normalisation under which these defects on held-out
+  good images are found best (``ssad.detection.calibrate_on_good``);
+- the repair probe (``repair_ratios``): how much of each kind of defect the autoencoder
+  removes, which tells whether its heatmap can see such defects at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+KINDS = ("dark_blob", "bright_blob", "line", "hole", "patch")
+
+
+def synthetic_defects(
+    images: np.ndarray,
+    seed: int = 0,
+    kinds: tuple[str, ...] = KINDS,
+    where: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(defective images, masks, kinds)``: float32 ``[n, h, w, 3]`` in [0, 1], bool
+    ``[n, h, w]`` and the kind of each image's defect (``kinds`` in turn, from a random start).
+
+    ``images``: ``[n, h, w, 3]`` uint8 or float in [0, 1]. Sizes are relative to the image.
+    ``where``: non-negative weights ``[n, h, w]`` for the defect's centre (e.g. the local
+    structure, so that defects land on the part rather than on a plain background); default
+    uniform over the image's inner 70 %.
+    """
+    x = np.asarray(images)
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    n, h, w = x.shape[:3]
+    out, masks, chosen = x.copy(), np.zeros((n, h, w), bool), []
+    yy, xx = np.mgrid[0:h, 0:w]
+    start = int(rng.integers(len(kinds)))
+    for i in range(n):
+        kind = kinds[(start + i) % len(kinds)]
+        side = min(h, w)
+        cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
+        if where is not None and where[i].sum() > 0:
+            flat = where[i].ravel() / where[i].sum()
+            cy, cx = divmod(int(rng.choice(h * w, p=flat)), w)
+        if kind in ("dark_blob", "bright_blob", "hole"):
+            ry, rx = rng.uniform(0.02, 0.08, 2) * side
+            if kind == "hole":
+                ry, rx = ry / 2, rx / 2
+            mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        elif kind == "line":
+            angle, length = rng.uniform(0, np.pi), rng.uniform(0.15, 0.4) * side
+            dy, dx = np.sin(angle), np.cos(angle)
+            along = (yy - cy) * dy + (xx - cx) * dx
+            across = np.abs(-(yy - cy) * dx + (xx - cx) * dy)
+            mask = (np.abs(along) <= length / 2) & (across <= max(1.0, 0.006 * side))
+        else:  # a patch of the same image from elsewhere
+            s = max(4, int(rng.uniform(0.08, 0.15) * side))
+            top, left = int(min(cy, h - s)), int(min(cx, w - s))
+            sy, sx = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+            out[i, top : top + s, left : left + s] = x[i, sy : sy + s, sx : sx + s]
+            mask = np.zeros((h, w), bool)
+            mask[top : top + s, left : left + s] = True
+        level = float(x[i][mask].mean()) if mask.any() else 0.5
+        if kind == "dark_blob":
+            out[i][mask] = x[i][mask] * 0.3
+        elif kind == "bright_blob":
+            out[i][mask] = 0.6 + 0.4 * x[i][mask]
+        elif kind in ("line", "hole"):  # the opposite of what is there
+            out[i][mask] = 0.05 if level > 0.5 else 0.95
+        mask &= np.abs(out[i] - x[i]).max(axis=-1) > 1e-3  # only pixels that changed
+        masks[i] = mask
+        chosen.append(kind)
+    return out, masks, chosen
