@@ -6,11 +6,12 @@ it on the data set's test images, append a row to a JSON-lines results file and 
         [--set KEY=VALUE]... [--workdir DIR]
 
 Variants (config overrides on the preset): ``objective1`` (eq. 1, default distortion),
-``objective2`` (eq. 2, which stops early by default), ``plain-ae`` (objective 0: the same model
-as an ordinary autoencoder, no distortion, MSE), ``objective1-zeros`` and ``objective1-swap``
-(the other distortions), ``ensemble`` (the ``objective1`` and ``objective2`` runs of the same data set,
+``objective2`` (eq. 2, which stops early by default), ``plain-ae`` (objective 0: the same model as
+an ordinary autoencoder, no distortion, MSE), ``objective1-zeros`` and ``objective1-swap`` (the
+other distortions), ``ensemble`` (the ``objective1`` and ``objective2`` runs of the same data set,
 preset, size, precision, budget and overrides evaluated together; either is trained only when the
-workdir lacks it). ``--set`` overrides a config key for every variant
+workdir lacks it).
+``--set`` overrides a config key for every variant
 (``train.learning_rate=1e-3``; the value is read as JSON, else as text). Run directories:
 ``WORKDIR/<data set>-<preset>-<size>px-<precision>-<M>min[-<key>=<value>...]/<variant>/``
 (``eval/`` inside holds the report). ``steps`` in a row is the optimisation steps done (summed
