@@ -163,6 +163,31 @@ class Validation(keras.callbacks.Callback):
         logs["val_loss"] = float(np.mean(np.concatenate(values)))
 
 
+class RepairProbe(keras.callbacks.Callback):
+    """Adds ``repair_<kind>`` to each epoch's logs: how much of synthetic defects of each kind
+    (``ssad.probe``) pasted into held-out good images the model keeps (0: removed, 1:
+    reproduced). A model that reproduces a kind of defect cannot show it in its heatmap."""
+
+    def __init__(self, images: np.ndarray, seed: int = 0):
+        super().__init__()
+        from ssad.probe import synthetic_defects
+
+        self.clean = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images
+        self.defective, self.masks, self.kinds = synthetic_defects(self.clean, seed)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from ssad.probe import repair_ratios
+
+        recon = np.concatenate(
+            [
+                np.asarray(self.model(self.defective[i : i + 8], training=False))
+                for i in range(0, len(self.defective), 8)
+            ]
+        )
+        ratios = repair_ratios(recon, self.clean, self.defective, self.masks, self.kinds)
+        logs.update({f"repair_{kind}": value for kind, value in ratios.items()})
+
+
 class Summaries(keras.callbacks.Callback):
     """TensorBoard logs without the ``tensorboard`` package: each epoch's ``loss`` and
     ``val_loss`` and a few distorted inputs, originals and reconstructions, at the run's step.
@@ -180,9 +205,9 @@ class Summaries(keras.callbacks.Callback):
         recon = self.model(self.inputs, training=False)
         step = self.state.step
         with self.writer.as_default():
-            for key in ("loss", "val_loss"):
-                if key in (logs or {}):
-                    tf.summary.write(key, float(logs[key]), step, metadata=_SCALAR)
+            for key, value in (logs or {}).items():
+                if key in ("loss", "val_loss") or key.startswith("repair_"):
+                    tf.summary.write(key, float(value), step, metadata=_SCALAR)
             for tag, images in (
                 ("distorted_input", self.inputs),
                 ("original", self.originals),
@@ -264,7 +289,9 @@ class Checkpoint(keras.callbacks.Callback):
         s.elapsed_s = self.clock()
         row = {"stage": self.plan.index + 1, "crop": self.plan.crop}
         row |= {"batch_size": self.plan.batch_size, "epoch": s.epoch, "step": s.step}
-        row |= {k: float(v) for k, v in (logs or {}).items() if k in ("loss", "val_loss")}
+        logged = {k: float(v) for k, v in (logs or {}).items()}
+        row |= {k: v for k, v in logged.items() if k in ("loss", "val_loss")}
+        row |= {k: round(v, 4) for k, v in logged.items() if k.startswith("repair_")}
         row["learning_rate"] = float(self.model.optimizer.learning_rate)  # of the last step
         row["elapsed_s"] = round(s.elapsed_s, 3)
         s.history.append(row)

@@ -74,3 +74,25 @@ def synthetic_defects(
         masks[i] = mask
         chosen.append(kind)
     return out, masks, chosen
+
+
+def repair_ratios(
+    reconstructions: np.ndarray,
+    clean: np.ndarray,
+    defective: np.ndarray,
+    masks: np.ndarray,
+    kinds: list[str],
+) -> dict[str, float]:
+    """How much of each kind of defect the autoencoder keeps, ``{kind: ratio}``.
+
+    The ratio is the squared error of the reconstruction against the clean image inside the
+    defects, divided by that of the defective input itself (simply copying the defect): 0
+    means the defect was removed, 1 that it was reproduced as it is, so that the heatmap
+    cannot see it. Arrays as ``synthetic_defects`` returns them.
+    """
+    kept: dict[str, list[float]] = {}
+    for r, c, d, m, kind in zip(reconstructions, clean, defective, masks, kinds, strict=True):
+        if m.any():
+            total = np.square(d[m] - c[m]).sum()
+            kept.setdefault(kind, []).append(np.square(r[m] - c[m]).sum() / max(total, 1e-12))
+    return {kind: float(np.mean(v)) for kind, v in sorted(kept.items())}

@@ -32,6 +32,7 @@ from ssad.batchnorm import recalibrate_batch_norm
 from ssad.callbacks import (
     Checkpoint,
     LearningRate,
+    RepairProbe,
     RunState,
     StageLimit,
     StagePlan,
@@ -71,6 +72,7 @@ class RunResult:
     val_loss: float | None
     resumed_from_epoch: int | None  # epochs already done when this session started
     calibration: dict
+    repair: dict  # the repair probe's last ratios per defect kind
 
     def summary(self) -> str:
         def num(x):
@@ -84,8 +86,14 @@ class RunResult:
             f"trained {self.steps} steps in {self.epochs} epochs, "
             f"{self.seconds / 60:.1f} min{resumed}",
             f"final loss {num(self.loss)}, validation loss {num(self.val_loss)}",
+        ]
+        if self.repair:
+            kept = ", ".join(f"{k} {v:.2f}" for k, v in self.repair.items())
+            lines.append(f"repair probe, share of synthetic defects kept (0 best): {kept}")
+        lines += [
             f"thresholds: pixel {num(c['pixel_threshold'])}, image {num(c['image_threshold'])} "
-            f"({c['method']}, {c['n_images']} held-out images)",
+            f"({c['method']}, {c['n_images']} held-out images, "
+            f"normalisation {c.get('normalize')})",
         ]
         for name in ("model.keras", "config.json", "history.json", "calibration.json"):
             lines.append(f"  {self.run_dir / name}")
@@ -281,6 +289,7 @@ def train(
         val_loss=last.get("val_loss"),
         resumed_from_epoch=resumed_from,
         calibration=calibration,
+        repair={k[7:]: v for k, v in last.items() if k.startswith("repair_")},
     )
 
 
@@ -335,7 +344,9 @@ def _fit_stage(session: _Session, plan: StagePlan) -> None:
     limit = StageLimit(
         state, plan, session.clock, ckpt_path, _any_worker(strategy) if multiworker else None
     )
+    probe = RepairProbe(_centre_crops(session.val_images[:10], plan.crop), seed=cfg.train.seed)
     cbs = [LearningRate(state, cfg.train, session.clock), limit, Validation(val, session.loss)]
+    cbs.append(probe)
     if cfg.train.patience:
         cbs.append(
             keras.callbacks.EarlyStopping(patience=cfg.train.patience, restore_best_weights=True)
@@ -382,6 +393,12 @@ def _validation_order(n: int, fraction: float, seed: int) -> tuple[np.ndarray, n
     n_val = min(n - 1, max(1, round(fraction * n)))
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _centre_crops(images: np.ndarray, crop: int) -> np.ndarray:
+    """Centre crops of side ``crop`` of ``images`` ``[n, h, w, 3]``."""
+    top, left = (images.shape[1] - crop) // 2, (images.shape[2] - crop) // 2
+    return images[:, top : top + crop, left : left + crop]
 
 
 def _mean_colour(images: np.ndarray) -> np.ndarray:

@@ -96,6 +96,10 @@ def test_cli_tiny_run_writes_every_run_dir_file(images, tmp_path):
     history = json.loads((run / "history.json").read_text())
     # tiny: 2 stages of 2 steps, one epoch each
     assert [(h["stage"], h["crop"], h["step"]) for h in history] == [(1, 32, 2), (2, 64, 4)]
+    # the repair probe: one held-out image, so one kind of synthetic defect, each epoch
+    repair = [{k: v for k, v in h.items() if k.startswith("repair_")} for h in history]
+    assert all(len(r) == 1 and 0 <= next(iter(r.values())) < 10 for r in repair)
+    assert "repair probe" in result.output
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in history)
     calibration = json.loads((run / "calibration.json").read_text())
     assert calibration["method"] == "good-quantile" and calibration["n_images"] == 1
@@ -105,7 +109,9 @@ def test_cli_tiny_run_writes_every_run_dir_file(images, tmp_path):
     tags = {
         v.tag for e in tf.compat.v1.train.summary_iterator(str(events[1])) for v in e.summary.value
     }
-    assert tags == {"loss", "val_loss", "distorted_input", "original", "reconstruction"}
+    repair = {t for t in tags if t.startswith("repair_")}
+    assert len(repair) == 1  # the repair probe's scalar
+    assert tags - repair == {"loss", "val_loss", "distorted_input", "original", "reconstruction"}
     model = keras.models.load_model(run / "model.keras", safe_mode=True, compile=False)
     assert model.output.dtype == "float32" and model.count_params() > 0
     assert checkpoint_state(run).done and checkpoint_state(run).step == 4
