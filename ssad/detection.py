@@ -124,12 +124,13 @@ class Detector:
             model = keras.models.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
         except Exception as e:  # Keras raises many types for a damaged or foreign file
             raise RunDirError(f"{run / MODEL_FILE}: cannot load the model ({e})") from e
+        stale = calibration is not None and calibration.get("score") not in (None, _plain(config))
         if score_overrides:
             if any(not k.startswith("score.") for k in score_overrides):
                 raise RunDirError("only score.* settings can be changed on a trained run")
-            config = config.override(score_overrides)
-        if calibration is not None and calibration.get("score") not in (None, _plain(config)):
-            # other scoring settings than the calibration was made for: redo it
+            rescored = config.override(score_overrides)
+            stale, config = stale or rescored != config, rescored
+        if stale:  # other scoring settings than the calibration was made for: redo it
             calibration, statistics = calibrate_on_good(cls(model, config), read_heldout(run))
         return cls(model, config, calibration, statistics)
 

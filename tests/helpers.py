@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 
 from ssad.config import Config
+from ssad.detection import save_heldout
 from ssad.model import build_autoencoder
 
 
@@ -18,9 +19,11 @@ def make_run_dir(
     image_threshold: float = 0.02,
     seed: int = 0,
     overrides: dict | None = None,
+    heldout: list | None = None,
 ) -> Path:
     """An untrained ``preset`` model saved as a run directory: ``model.keras``, ``config.json``
-    and ``calibration.json`` (method ``manual``) in the new or empty folder ``path``."""
+    and ``calibration.json`` (method ``manual``) in the new or empty folder ``path``; with
+    ``heldout`` (image files) also ``heldout.json``, so that the run can be rescored."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = Config.preset(preset).override(overrides or {})
@@ -35,4 +38,6 @@ def make_run_dir(
         "ssad_version": "test",
     }
     (path / "calibration.json").write_text(json.dumps(calibration))
+    if heldout is not None:
+        save_heldout(path, heldout)
     return path

@@ -140,18 +140,32 @@ def test_ensemble_reuses_finished_runs_and_appends_a_row(tmp_path, capsys):
     assert metrics["n_images"] == 3 + 4
 
 
-def test_sigma_sweep_matches_evaluate_at_the_trained_sigma(tmp_path):
-    import sigma_sweep
+def test_score_sweep_matches_evaluate_and_rescores_from_the_held_out_images(tmp_path):
+    import score_sweep
     from helpers import make_run_dir
 
     from ssad.demo_data import make_demo_data
     from ssad.evaluation import evaluate
 
     data = make_demo_data(tmp_path / "brick", "brick", n_train=4, n_good=3, n_defect=2, size=64)
-    run = make_run_dir(tmp_path / "run", "tiny", overrides={"score.sigma": 8.0})
+    heldout = sorted((data / "train" / "good").iterdir())
+    run = make_run_dir(tmp_path / "run", "tiny", overrides={"score.sigma": 8.0}, heldout=heldout)
     want = evaluate([run], data, tmp_path / "eval")
-    rows = sigma_sweep.main([str(run), "--data", str(data), "--sigmas", "8,1"])
-    assert [r["sigma"] for r in rows] == [8.0, 1.0]
+    results = tmp_path / "sweep.jsonl"
+    argv = [str(run), "--data", str(data), "--grid", "score.sigma=8,1", "--results", str(results)]
+    rows = score_sweep.main(argv + ["--grid", "score.normalize=none"])
+    assert [r["settings"] for r in rows] == [
+        {"score.sigma": 8, "score.normalize": "none"},
+        {"score.sigma": 1, "score.normalize": "none"},
+    ]
+    # the run's own settings (its calibration is "manual", made for no statistics) give
+    # what evaluate gives; another sigma recalibrates on the held-out images
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         assert rows[0][key] == pytest.approx(want[key], abs=1e-4)
     assert rows[0]["pixel_auroc"] != rows[1]["pixel_auroc"]  # the smoothing does change it
+    rescored = evaluate([run], data, tmp_path / "eval1", score_overrides=rows[1]["settings"])
+    assert rows[1]["image_auroc"] == pytest.approx(rescored["image_auroc"], abs=1e-4)
+    assert rows[1]["normalize"] == rescored["normalize"] == "none"
+    assert [json.loads(line) for line in results.read_text().splitlines()] == rows
+    table = score_sweep.table(rows)
+    assert "| normalize=none, sigma=1 |" in table and "brick" in table

@@ -2,12 +2,15 @@
 
     python tools/score_sweep.py RUN_DIR... --data DIR [--grid score.KEY=V1,V2,...]...
         [--results FILE]
+    python tools/score_sweep.py --table FILE [--runs-matching TEXT]
 
 Each combination of the ``--grid`` values (their product) rescores every run as
 ``ssad evaluate RUN DATA --set ...`` would: the good-image statistics and thresholds are
 recomputed from the run's held-out images, then image AUROC, pixel AUROC and AUPRO are measured
 on ``DATA``'s test images at the working resolution. One JSON row per run and combination is
-printed and, with ``--results``, appended to that JSON-lines file.
+printed and, with ``--results``, appended to that JSON-lines file. ``--table`` prints such a
+file as a markdown table: one line per combination of settings, per data set the mean of each
+metric over the runs (seeds) and, with several runs, its spread (max - min) and their number.
 """
 
 from __future__ import annotations
@@ -25,14 +28,22 @@ from bench.quality import append_row, git_commit, parse_set  # noqa: E402
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run directories")
-    p.add_argument("--data", required=True, type=Path, help="MVTec-layout data set folder")
+    p.add_argument("runs", nargs="*", type=Path, help="run directories")
+    p.add_argument("--data", type=Path, help="MVTec-layout data set folder")
+    p.add_argument("--table", type=Path, help="print this results file as a markdown table")
+    p.add_argument("--runs-matching", default="", help="--table: only runs whose path has this")
     p.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2",
         help="score.* option and its values, e.g. score.image=max,mean_max (repeatable)",
     )  # fmt: skip
     p.add_argument("--results", type=Path, help="JSON-lines file to append the rows to")
     args = p.parse_args(argv)
+    if args.table:
+        rows = [json.loads(line) for line in args.table.read_text().splitlines() if line]
+        print(table([r for r in rows if args.runs_matching in r["run"]]))
+        return rows
+    if not args.runs or args.data is None:
+        p.error("give RUN_DIR... and --data (or --table FILE)")
     axes = []
     for text in args.grid:
         key, values = next(iter(parse_set(p, text).items()))
@@ -63,6 +74,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 append_row(args.results, row)
             rows.append(row)
     return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: settings x data sets, each metric's mean over runs (spread, runs)."""
+    datasets = sorted({r["dataset"] for r in rows})
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        key = ", ".join(f"{k.removeprefix('score.')}={v}" for k, v in sorted(r["settings"].items()))
+        groups.setdefault(key, {}).setdefault(r["dataset"], []).append(r)
+    metrics = ("image_auroc", "pixel_auroc", "aupro")
+    head = ["settings"] + [f"{d} {m.replace('_', ' ')}" for d in datasets for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, by_dataset in groups.items():
+        cells = [key]
+        for d in datasets:
+            for m in metrics:
+                values = [r[m] for r in by_dataset.get(d, []) if r[m] is not None]
+                if not values:
+                    cells.append("–")
+                elif len(values) == 1:
+                    cells.append(f"{values[0]:.3f}")
+                else:
+                    spread = max(values) - min(values)
+                    cells.append(
+                        f"{sum(values) / len(values):.3f} ±{spread / 2:.3f} ({len(values)})"
+                    )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _round(x):
