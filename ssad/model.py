@@ -78,10 +78,13 @@ def init_output_bias(model: keras.Model, mean_rgb) -> None:
     model.get_layer("reconstruction").bias.assign(np.log(mean / (1.0 - mean)).astype("float32"))
 
 
-def count_flops(model: keras.Model, height: int, width: int) -> int:
+def count_flops(model: keras.Model, height: int, width: int, useful: bool = False) -> int:
     """Multiply-add FLOPs (2 per MAC) of the convolutions for one ``height x width`` image.
 
     A transposed convolution is counted at its input positions (each scatters k*k*cout).
+    ``useful``: count only the products that meet data, not padding: a tap at offset ``d``
+    along an axis of ``n`` pixels meets data at ``n - |d|`` output positions (none once
+    ``|d| >= n``, which the SDC's large dilations reach on small maps).
     """
     flops = 0
     h, w = height, width
@@ -94,5 +97,11 @@ def count_flops(model: keras.Model, height: int, width: int) -> int:
             h, w = h * 2, w * 2
         elif isinstance(layer, layers.Conv2D):
             kh, kw, cin, cout = layer.kernel.shape
-            flops += 2 * h * w * kh * kw * cin * cout
+            if useful and layer.padding == "same":
+                rh, rw = layer.dilation_rate
+                rows = sum(max(0, h - abs((i - kh // 2) * rh)) for i in range(kh))
+                cols = sum(max(0, w - abs((j - kw // 2) * rw)) for j in range(kw))
+                flops += 2 * rows * cols * cin * cout
+            else:
+                flops += 2 * h * w * kh * kw * cin * cout
     return flops

@@ -91,6 +91,23 @@ def test_paper_size_weights_and_flops():
     flops *= (512 // 64) ** 2
     assert abs(flops / 1e9 - 268) < 3, flops / 1e9
     assert count_flops(model, 512, 512) == flops
+    # 12 % of the paper model's FLOPs at 512 px meet only padding, 25 % at 128 px
+    assert 0.85 < count_flops(model, 512, 512, useful=True) / flops < 0.9
+    assert 0.7 < count_flops(model, 128, 128, useful=True) / count_flops(model, 128, 128) < 0.8
+
+
+def test_useful_flops_count_the_taps_that_meet_data():
+    from ssad.layers import DilatedConv2D
+
+    for rate, (h, w) in ((1, (9, 7)), (4, (9, 7)), (8, (12, 20))):
+        inputs = keras.Input((h, w, 2))
+        conv = DilatedConv2D(3, 5, padding="same", dilation_rate=rate, use_bias=False)
+        model = keras.Model(inputs, conv(inputs))
+        # ones in, ones kernel: each output counts the taps that meet data there
+        taps = tf.nn.conv2d(tf.ones((1, h, w, 1)), tf.ones((5, 5, 1, 1)), 1, "SAME", dilations=rate)
+        want = 2 * int(tf.reduce_sum(taps)) * 2 * 3
+        assert count_flops(model, h, w, useful=True) == want
+        assert count_flops(model, h, w) == 2 * h * w * 25 * 2 * 3
 
 
 def test_width_multiplier_scales_channels():

@@ -51,13 +51,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         axes.append([(key, v) for v in values])
 
     from ssad.detection import collect, load_detector
+    from ssad.errors import ConfigError
 
     rows = []
     for run in args.runs:
         config = json.loads((run / "config.json").read_text())
         for combination in itertools.product(*axes):
             settings = dict(combination)
-            detector = load_detector([run], score_overrides=settings)
+            try:
+                detector = load_detector([run], score_overrides=settings)
+            except ConfigError as e:  # e.g. several map terms without normalisation
+                print(f"skipped {settings}: {e}", file=sys.stderr)
+                continue
             found = collect(detector, args.data)
             row = {
                 "run": str(run),
