@@ -34,6 +34,7 @@ from ssad.config import Config
 from ssad.errors import BadImageError, DataError, RunDirError, VersionError
 from ssad.files import atomic_write_bytes, atomic_write_text
 from ssad.images import resize, to_rgb
+from ssad.progress import progress_bar
 from ssad.scoring import anomaly_maps, image_score, normalized_heatmap, raw_maps
 from ssad.statistics import GoodStatistics, fit_statistics
 
@@ -307,7 +308,7 @@ def scan(
     """
     from ssad.data.readers import read_sample
 
-    bar = keras.utils.Progbar(len(samples), unit_name="image") if progress else None
+    bar = progress_bar(len(samples)) if progress else None
     batch: list[tuple] = []
 
     def flush():

@@ -29,6 +29,7 @@ from ssad.detection import Detector, has_masks, is_defective, load_detector, sca
 from ssad.errors import BadImageError, DataError
 from ssad.files import atomic_write_text
 from ssad.images import is_image_file, read_image, write_png
+from ssad.progress import progress_bar
 from ssad.report import Gallery, overlay, write_report
 
 RunDirs = str | os.PathLike | Sequence[str | os.PathLike]
@@ -166,7 +167,6 @@ def predict_files(
     image ``<name>_overlay.png`` and ``<name>_mask.png`` at the input's size, and
     ``scores.csv`` / ``scores.json`` with ``path``, ``score`` and ``is_anomalous`` per image.
     Returns those rows."""
-    import keras
 
     if isinstance(run_dir, Detector):
         detector = run_dir
@@ -178,7 +178,7 @@ def predict_files(
     names = _output_names(paths)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bar = keras.utils.Progbar(len(paths), unit_name="image") if progress else None
+    bar = progress_bar(len(paths)) if progress else None
     rows: list[dict] = []
     for start in range(0, len(paths), batch_size):
         chunk = list(zip(paths, names, strict=True))[start : start + batch_size]

@@ -54,6 +54,7 @@ from ssad.files import atomic_path, atomic_write_text
 from ssad.losses import objective_for
 from ssad.model import build_autoencoder, init_output_bias
 from ssad.precision import POLICIES, resolve_precision
+from ssad.progress import fit_verbose
 
 _RESUME_MAY_CHANGE = {"max_minutes", "strategy"}  # train.* keys a resumed run may change
 
@@ -371,7 +372,7 @@ def _fit_stage(session: _Session, plan: StagePlan) -> None:
             steps_per_epoch=spe,
             callbacks=cbs + list(session.callbacks),
             shuffle=False,
-            verbose=session.verbose,
+            verbose=fit_verbose(session.verbose),
         )
 
 

@@ -100,6 +100,7 @@ def test_cli_tiny_run_writes_every_run_dir_file(images, tmp_path):
     repair = [{k: v for k, v in h.items() if k.startswith("repair_")} for h in history]
     assert all(len(r) == 1 and 0 <= next(iter(r.values())) < 10 for r in repair)
     assert "repair probe" in result.output
+    assert "\x1b[" not in result.output and "\r" not in result.output  # a readable log
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in history)
     calibration = json.loads((run / "calibration.json").read_text())
     assert calibration["method"] == "good-quantile" and calibration["n_images"] == 1
