@@ -403,9 +403,6 @@ def calibrate_on_good(
     are the ``score.pixel_quantile`` quantile of their normalised pixel scores and the
     ``image_quantile`` quantile of their image scores, each half of the images scored with
     statistics fitted on the other half (so the thresholds hold for new good images).
-    ``auto`` chooses the normalisation under which synthetic defects (``ssad.probe``) pasted
-    into these images are found best, by the mean of image and pixel AUROC (cross-fitted
-    too); the calibration records each candidate's figures under ``auto``.
 
     ``detector``: a ``Detector``, or a Keras model together with ``config``; ``images``: any
     form ``Detector`` accepts (e.g. the held-out good images ``[n, h, w, 3]``).
@@ -419,9 +416,7 @@ def calibrate_on_good(
         raise DataError("calibrate_on_good needs at least one defect-free image")
     good = _GoodMaps(detector, items, batch_size)
     score_cfg = detector.config.score
-    mode, evidence = score_cfg.normalize, {}
-    if mode == "auto":
-        mode, evidence = _choose_normalization(good, batch_size)
+    mode = resolve_normalization(score_cfg.normalize, good.xs)
     counts, scores = np.zeros(metrics.N_BINS), []
     for stats, chosen in good.cross_fitted(mode):
         for start in range(0, len(chosen), batch_size):
@@ -436,7 +431,6 @@ def calibrate_on_good(
         n_images=len(items),
         normalize=mode,
         score=_plain(detector.config),
-        **({"auto": evidence} if evidence else {}),
     )
     return calibration, good.fit(mode, np.arange(len(items)))
 
@@ -476,34 +470,15 @@ class _GoodMaps:
         yield self.fit(mode, halves[0]), halves[1]
 
 
-def _choose_normalization(good: _GoodMaps, batch_size: int) -> tuple[str, dict]:
-    """The normalisation under which synthetic defects in the good images are found best."""
-    from ssad.probe import synthetic_defects
+def resolve_normalization(mode: str, xs: np.ndarray) -> str:
+    """``score.normalize`` with ``auto`` resolved on the working-resolution good images
+    ``xs``: ``pixel`` for object-like images (``ssad.inspection.stationarity``), else
+    ``structure``."""
+    if mode != "auto":
+        return mode
+    from ssad.inspection import stationarity
 
-    d = good.detector
-    # defects land where the images have structure (the part), not on a plain background
-    guides = np.concatenate(list(structure_guides(good.xs, d.sigma)))
-    bad_xs, masks, _ = synthetic_defects(good.xs, d.config.train.seed, where=guides)
-    bad_maps = np.concatenate(
-        [d.working_maps(bad_xs[i : i + batch_size])[0] for i in range(0, len(bad_xs), batch_size)]
-    )
-    candidates = ["none" if len(d.config.score.map_terms) == 1 else "global", "structure"]
-    if len({m.shape for m in good.maps}) == 1:
-        candidates.append("pixel")
-    evidence = {}
-    for mode in candidates:
-        pixels, labels, scores = metrics.PixelMetrics(), [], []
-        for stats, chosen in good.cross_fitted(mode):
-            for maps, xs, label in ((good.maps, good.xs, False), (bad_maps, bad_xs, True)):
-                heat, s = d.finish(maps[chosen], xs[chosen], stats)
-                for h, i in zip(heat, chosen, strict=True):
-                    pixels.update(h, masks[i] if label else None)
-                labels.extend([label] * len(chosen))
-                scores.extend(s.tolist())
-        image, pixel = metrics.auroc(labels, scores), pixels.auroc()
-        evidence[mode] = {"image_auroc": round(image, 4), "pixel_auroc": round(pixel, 4)}
-    best = max(candidates, key=lambda m: sum(evidence[m].values()))  # first of equals
-    return best, {"synthetic_defects": evidence}
+    return "structure" if stationarity(xs).texture_like else "pixel"
 
 
 def structure_guides(xs: np.ndarray, sigma: float):

@@ -8,8 +8,9 @@ place" (or "for this kind of structure") is what the heatmap shows:
 
 - ``pixel``: a mean and std map at the working resolution (aligned objects of one size);
 - ``global``: one mean and std per map (only matters when several maps are combined);
-- ``structure``: mean and std per bin of the input's local gradient energy (textures, where a
-  position means nothing but edges are always harder than flat areas);
+- ``structure``: mean and std per quantile bin of the input's local gradient energy
+  (``ssad.scoring.structure_guide``): textures, where a position means nothing but edges are
+  always harder than flat areas;
 - ``none``: the raw map.
 
 Few images give noisy per-pixel spreads, and a quiet region (a dark background) has a tiny
@@ -31,15 +32,16 @@ from scipy import ndimage
 from ssad.errors import RunDirError
 
 MODES = ("none", "global", "pixel", "structure")
-STRUCTURE_BINS = 16  # quantile bins of the local gradient energy
+STRUCTURE_BINS = 16  # quantile bins per guide channel
 
 
 @dataclass(frozen=True, eq=False)
 class GoodStatistics:
     """Mean and std of each of ``m`` raw error maps on good images.
 
-    ``mean``/``std``: ``[m]`` (global, none), ``[h, w, m]`` (pixel) or ``[bins, m]``
-    (structure, with ``edges`` ``[bins - 1]`` on the gradient energy).
+    ``mean``/``std``: ``[m]`` (global, none), ``[h, w, m]`` (pixel) or ``[cells, m]``
+    (structure, with ``edges`` ``[g, bins - 1]``: the bin edges of each of the ``g`` guide
+    channels; a pixel's cell is the row-major index of its bins).
     """
 
     mode: str
@@ -48,15 +50,19 @@ class GoodStatistics:
     edges: np.ndarray
 
     def apply(self, maps: tf.Tensor, guide: tf.Tensor | None = None) -> tf.Tensor:
-        """``(maps - mean) / std`` for raw maps ``[b, h, w, m]``; ``guide`` ``[b, h, w]``:
+        """``(maps - mean) / std`` for raw maps ``[b, h, w, m]``; ``guide`` ``[b, h, w, g]``:
         the structure guide (``structure`` mode only)."""
         maps = tf.cast(maps, tf.float32)
         mean = tf.constant(self.mean, tf.float32)
         std = tf.constant(self.std, tf.float32)
         if self.mode == "structure":
-            flat = tf.reshape(tf.cast(guide, tf.float32), [-1])
-            index = tf.searchsorted(tf.constant(self.edges, tf.float32), flat, side="right")
-            index = tf.reshape(index, tf.shape(guide))
+            guide = tf.cast(guide, tf.float32)
+            index = 0
+            for channel, edges in enumerate(self.edges):
+                flat = tf.reshape(guide[..., channel], [-1])
+                bins = tf.searchsorted(tf.constant(edges, tf.float32), flat, side="right")
+                index = index * (len(edges) + 1) + bins
+            index = tf.reshape(index, tf.shape(guide)[:-1])
             mean, std = tf.gather(mean, index), tf.gather(std, index)  # [b, h, w, m]
         elif self.mode == "pixel":
             maps = tf.ensure_shape(maps, [None, *self.mean.shape])
@@ -127,16 +133,21 @@ def fit_statistics(
         )
     if guides is None:
         raise ValueError("structure statistics need the structure guides")
-    guide = np.concatenate([g.ravel() for g in guides]).astype(np.float64)
+    guide = np.concatenate([g.reshape(-1, g.shape[-1]) for g in guides]).astype(np.float64)
     quantiles = np.linspace(0, 1, STRUCTURE_BINS + 1)[1:-1]
-    edges = np.unique(np.quantile(guide, quantiles))
-    index = np.searchsorted(edges, guide, side="right")
-    bins = len(edges) + 1
-    count = np.maximum(np.bincount(index, minlength=bins), 1)[:, None]
-    total = np.stack([np.bincount(index, values[:, j], bins) for j in range(m)], axis=1)
-    square = np.stack([np.bincount(index, values[:, j] ** 2, bins) for j in range(m)], axis=1)
-    mean = total / count
-    std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
+    edges = np.stack([np.quantile(guide[:, c], quantiles) for c in range(guide.shape[1])])
+    index = np.zeros(len(guide), np.int64)
+    for c in range(guide.shape[1]):
+        index = index * STRUCTURE_BINS + np.searchsorted(edges[c], guide[:, c], side="right")
+    cells = STRUCTURE_BINS ** guide.shape[1]
+    count = np.bincount(index, minlength=cells)[:, None]
+    total = np.stack([np.bincount(index, values[:, j], cells) for j in range(m)], axis=1)
+    square = np.stack([np.bincount(index, values[:, j] ** 2, cells) for j in range(m)], axis=1)
+    mean = total / np.maximum(count, 1)
+    std = np.sqrt(np.maximum(square / np.maximum(count, 1) - mean**2, 0.0))
+    # a cell no good pixel fell into: the global statistics (what is unusual there is unknown)
+    empty = count[:, 0] == 0
+    mean[empty], std[empty] = values.mean(0), values.std(0)
     return GoodStatistics(
         mode, mean.astype(np.float32), _floor(std, floor), edges.astype(np.float32)
     )

@@ -115,9 +115,11 @@ def test_ensemble_reuses_finished_runs_and_appends_a_row(tmp_path, capsys):
     from helpers import make_run_dir
 
     from ssad.demo_data import make_demo_data
+    from ssad.precision import resolve_precision
 
     data = make_demo_data(tmp_path / "brick", "brick", n_train=4, n_good=3, n_defect=1, size=64)
-    group = tmp_path / "work" / "brick-tiny-64px-none-1min-score.sigma=2"
+    precision = resolve_precision("auto")[0]  # the run-directory name holds what auto chose
+    group = tmp_path / "work" / f"brick-tiny-64px-{precision}-1min-score.sigma=2"
     for seed, variant in enumerate(quality.ENSEMBLE):
         make_run_dir(group / variant, "tiny", seed=seed)
         (group / variant / "history.json").write_text(json.dumps([{"step": 10 + seed}]))
@@ -149,14 +151,17 @@ def test_score_sweep_matches_evaluate_and_rescores_from_the_held_out_images(tmp_
 
     data = make_demo_data(tmp_path / "brick", "brick", n_train=4, n_good=3, n_defect=2, size=64)
     heldout = sorted((data / "train" / "good").iterdir())
-    run = make_run_dir(tmp_path / "run", "tiny", overrides={"score.sigma": 8.0}, heldout=heldout)
+    raw = {"score.sigma": 8.0, "score.map": "squared", "score.normalize": "none"}
+    run = make_run_dir(tmp_path / "run", "tiny", overrides=raw, heldout=heldout)
     want = evaluate([run], data, tmp_path / "eval")
     results = tmp_path / "sweep.jsonl"
     argv = [str(run), "--data", str(data), "--grid", "score.sigma=8,1", "--results", str(results)]
-    rows = score_sweep.main(argv + ["--grid", "score.normalize=none"])
+    rows = score_sweep.main(
+        argv + ["--grid", "score.normalize=none", "--grid", "score.map=squared"]
+    )
     assert [r["settings"] for r in rows] == [
-        {"score.sigma": 8, "score.normalize": "none"},
-        {"score.sigma": 1, "score.normalize": "none"},
+        {"score.sigma": 8, "score.normalize": "none", "score.map": "squared"},
+        {"score.sigma": 1, "score.normalize": "none", "score.map": "squared"},
     ]
     # the run's own settings (its calibration is "manual", made for no statistics) give
     # what evaluate gives; another sigma recalibrates on the held-out images
@@ -168,4 +173,4 @@ def test_score_sweep_matches_evaluate_and_rescores_from_the_held_out_images(tmp_
     assert rows[1]["normalize"] == rescored["normalize"] == "none"
     assert [json.loads(line) for line in results.read_text().splitlines()] == rows
     table = score_sweep.table(rows)
-    assert "| normalize=none, sigma=1 |" in table and "brick" in table
+    assert "| map=squared, normalize=none, sigma=1 |" in table and "brick" in table

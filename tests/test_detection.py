@@ -30,15 +30,18 @@ def detector(run_dir):
     return Detector.load(run_dir)
 
 
-def test_heatmap_has_the_input_size_and_score_is_its_maximum(detector):
+def test_heatmap_has_the_input_size_and_score_follows_score_image(detector):
     rng = np.random.default_rng(0)
     odd = rng.random((3, 37, 53, 3)).astype(np.float32)
     heatmap, score = detector.maps(odd, batch_size=2)
     assert heatmap.shape == (3, 37, 53) and score.shape == (3,)
-    assert np.all(heatmap >= 0) and heatmap.std() > 0
+    assert np.all(heatmap >= 0) and heatmap.std() > 0  # no statistics: raw error maps
     working = rng.random((2, 64, 64, 3)).astype(np.float32)  # at the working resolution
     heatmap, score = detector.maps(working)
-    np.testing.assert_allclose(score, heatmap.max(axis=(1, 2)), rtol=1e-6)
+    assert detector.config.score.image == "mean_max" and detector.k_px == 4  # 16 px at 256
+    assert np.all(score < heatmap.max(axis=(1, 2)))  # the max of a 4 x 4 box mean
+    by_max = Detector(detector.model, detector.config.override({"score.image": "max"}))
+    np.testing.assert_allclose(by_max.score(working), heatmap.max(axis=(1, 2)), rtol=1e-6)
     assert detector.sigma == pytest.approx(4.0 * 64 / 256)
 
 
@@ -91,7 +94,7 @@ def test_run_dir_errors_name_what_is_missing(tmp_path, run_dir):
 def test_calibrate_on_good_takes_quantiles(detector, tmp_path):
     rng = np.random.default_rng(3)
     images = rng.random((5, 64, 64, 3)).astype(np.float32)  # at the working resolution
-    raw = detector.config.override({"score.normalize": "none"})
+    raw = detector.config.override({"score.normalize": "none", "score.map": "squared"})
     calibration, statistics = calibrate_on_good(detector.model, images, raw, batch_size=2)
     heatmap, score = Detector(detector.model, raw, statistics=statistics).maps(images)
     exact_pixel = np.quantile(heatmap, 0.999)

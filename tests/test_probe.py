@@ -24,16 +24,6 @@ def test_each_image_gets_one_defect_of_each_kind_in_turn_inside_its_mask():
     np.testing.assert_array_equal(again[0], bad)  # seeded
 
 
-def test_defects_land_where_the_weights_are():
-    clean = _images(n=5)
-    where = np.zeros(clean.shape[:3])
-    where[:, 30:40, 5:15] = 1.0
-    _, masks, _ = synthetic_defects(clean, seed=2, kinds=("dark_blob",), where=where)
-    for m in masks:
-        ys, xs = np.nonzero(m)
-        assert 28 <= ys.mean() <= 42 and 3 <= xs.mean() <= 17
-
-
 def test_repair_ratio_is_0_for_a_perfect_repair_and_1_for_a_copy():
     clean = _images()
     bad, masks, kinds = synthetic_defects(clean, seed=3)

@@ -68,9 +68,9 @@ def test_tta_transforms_are_distinct_and_inverted(mode, count):
 def test_tta_averages_the_maps_of_the_transformed_inputs(tmp_path):
     detector = Detector.load(make_run_dir(tmp_path / "run"))
     x = _images(n=2, h=32, w=48)
-    cfg = ScoreConfig(normalize="none", tta="flips")
+    cfg = ScoreConfig(map="squared", normalize="none", tta="flips")
     heat, _, _ = anomaly_maps(detector.model, x, None, 2.0, cfg)
-    plain = ScoreConfig(normalize="none")
+    plain = ScoreConfig(map="squared", normalize="none")
     want = 0
     for forward, inverse in tta_transforms("flips"):
         h, _, _ = anomaly_maps(detector.model, forward(x), None, 2.0, plain)

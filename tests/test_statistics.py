@@ -50,14 +50,14 @@ def test_global_statistics_pool_every_pixel_of_every_image():
 
 def test_structure_statistics_remove_the_error_explained_by_the_guide():
     rng = np.random.default_rng(1)
-    guides = [rng.random((32, 32)) for _ in range(10)]
+    guides = [rng.random((32, 32, 1)) for _ in range(10)]  # one guide channel
     # good images: error grows with the local structure (edges are always harder)
-    maps = [(3 * g + rng.normal(0, 0.1 + g, g.shape))[..., None] for g in guides]
+    maps = [3 * g + rng.normal(0, 0.1 + g, g.shape) for g in guides]
     stats = fit_statistics("structure", maps, guides)
-    assert len(stats.edges) == 15 and stats.mean.shape == (16, 1)
+    assert stats.edges.shape == (1, 15) and stats.mean.shape == (16, 1)
     z = stats.apply(tf.constant(np.stack(maps), tf.float32), tf.constant(np.stack(guides)))
     z = z.numpy()[..., 0]
-    guide = np.stack(guides)
+    guide = np.stack(guides)[..., 0]
     for low, high in ((0, 0.2), (0.8, 1.0)):  # flat and busy areas alike: mean 0, std 1
         chosen = z[(guide >= low) & (guide < high)]
         assert abs(chosen.mean()) < 0.1 and 0.8 < chosen.std() < 1.2
@@ -67,7 +67,7 @@ def test_structure_statistics_remove_the_error_explained_by_the_guide():
 
 
 def test_round_trip_and_bad_bytes():
-    stats = fit_statistics("structure", _maps(n=4), [np.arange(320.0).reshape(16, 20)] * 4)
+    stats = fit_statistics("structure", _maps(n=4), [np.arange(320.0).reshape(16, 20, 1)] * 4)
     again = GoodStatistics.from_bytes(stats.to_bytes())
     assert again.mode == "structure"
     for name in ("mean", "std", "edges"):

@@ -154,7 +154,7 @@ train(ssad.Config.load(sys.argv[1]), sys.argv[2], sys.argv[3], callbacks=[KillAt
 
 
 def test_resume_after_sigkill(images, tmp_path):
-    cfg = small_config(steps=6)
+    cfg = small_config(steps=6, **{"train.schedule": "cosine"})
     cfg.save(tmp_path / "cfg.json")
     run = tmp_path / "run"
     killed = run_python(_KILLED_RUN, tmp_path / "cfg.json", images, run)
