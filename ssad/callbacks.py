@@ -292,7 +292,8 @@ class Checkpoint(keras.callbacks.Callback):
         logged = {k: float(v) for k, v in (logs or {}).items()}
         row |= {k: v for k, v in logged.items() if k in ("loss", "val_loss")}
         row |= {k: round(v, 4) for k, v in logged.items() if k.startswith("repair_")}
-        row["learning_rate"] = float(self.model.optimizer.learning_rate)  # of the last step
+        rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        row["learning_rate"] = float(rate)  # of the epoch's last step
         row["elapsed_s"] = round(s.elapsed_s, 3)
         s.history.append(row)
         save_checkpoint(self.path, self.model, s, self.write)

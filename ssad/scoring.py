@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 from keras.activations import linear
@@ -154,8 +155,10 @@ def inference_forward(model, images: tf.Tensor, dtype: str = "float32") -> tf.Te
 
 # -- error maps -----------------------------------------------------------------------------------
 
-_PREWITT_X = tf.constant([[1.0, 0.0, -1.0]] * 3) / 3.0
-_PREWITT = tf.stack([_PREWITT_X, tf.transpose(_PREWITT_X)], axis=-1)[:, :, None, :]  # [3,3,1,2]
+# Prewitt kernels [3, 3, 1, 2] for d/dx and d/dy. NumPy, not a tf.constant: creating a tensor
+# at import time would start TensorFlow's runtime before a multi-worker strategy can set it up.
+_PREWITT_X = np.array([[1.0, 0.0, -1.0]] * 3, np.float32) / 3.0
+_PREWITT = np.stack([_PREWITT_X, _PREWITT_X.T], axis=-1)[:, :, None, :]
 MSGMS_SCALES = 4  # image scales 1, 1/2, 1/4, 1/8
 MSGMS_C = 0.0026  # RIAD's stabilising constant, for values in [0, 1]
 

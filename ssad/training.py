@@ -198,12 +198,14 @@ def train(
     ``train.seed`` gives identical weights. ``callbacks`` run after ssad's own in every stage.
     Raises ``SsadError`` on bad data or config, a finished run in ``run_dir``, or a NaN loss.
     """
+    plan_stages(config)  # a bad budget fails before anything starts
+    # the strategy first: a multi-worker one must configure TensorFlow before any device query
+    strategy = _make_strategy(config.train.strategy)
     precision, why = resolve_precision(config.train.mixed_precision)
     cfg = replace(config, train=replace(config.train, mixed_precision=precision))
     if verbose and why != "as configured":
         print(f"mixed precision: {precision} ({why})", flush=True)
     plans = plan_stages(cfg)
-    strategy = _make_strategy(cfg.train.strategy)
     multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     chief = _is_chief(strategy)
     run_dir = Path(run_dir)

@@ -104,7 +104,10 @@ def test_cli_tiny_run_writes_every_run_dir_file(images, tmp_path):
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in history)
     calibration = json.loads((run / "calibration.json").read_text())
     assert calibration["method"] == "good-quantile" and calibration["n_images"] == 1
-    assert 0 < calibration["pixel_threshold"] <= calibration["image_threshold"]
+    assert calibration["normalize"] == "structure"  # the default scoring
+    assert np.isfinite(calibration["pixel_threshold"]) and np.isfinite(
+        calibration["image_threshold"]
+    )
     events = sorted((run / "logs").rglob("events.out.tfevents.*"))
     assert [p.parent.name for p in events] == ["stage1_32px", "stage2_64px"]
     tags = {

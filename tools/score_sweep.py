@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for run in args.runs:
         config = json.loads((run / "config.json").read_text())
+        path = run / "history.json"
+        history = json.loads(path.read_text()) if path.exists() else []
         for combination in itertools.product(*axes):
             settings = dict(combination)
             try:
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "dataset": args.data.resolve().name,
                 "objective": config["train"]["objective"],
                 "seed": config["train"]["seed"],
+                "schedule": config["train"].get("schedule", "constant"),  # older runs: constant
+                "steps": history[-1]["step"] if history else None,
                 "settings": settings,
                 "normalize": detector.calibration.get("normalize"),
                 **{k: _round(found[k]) for k in ("image_auroc", "pixel_auroc", "aupro")},
