@@ -8,7 +8,8 @@ Each combination of the ``--grid`` values (their product) rescores every run as
 ``ssad evaluate RUN DATA --set ...`` would: the good-image statistics and thresholds are
 recomputed from the run's held-out images, then image AUROC, pixel AUROC and AUPRO are measured
 on ``DATA``'s test images at the working resolution. One JSON row per run and combination is
-printed and, with ``--results``, appended to that JSON-lines file. ``--table`` prints such a
+printed and, with ``--results``, appended to that JSON-lines file; it also carries the run's
+steps and the last repair-probe ratios of its training (``history.json``). ``--table`` prints such a
 file as a markdown table: one line per combination of settings, per data set the mean of each
 metric over the runs (seeds) and, with several runs, its spread (max - min) and their number.
 """
@@ -73,6 +74,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "seed": config["train"]["seed"],
                 "schedule": config["train"].get("schedule", "constant"),  # older runs: constant
                 "steps": history[-1]["step"] if history else None,
+                "repair": {
+                    k.removeprefix("repair_"): v
+                    for k, v in (history[-1] if history else {}).items()
+                    if k.startswith("repair_")
+                },
                 "settings": settings,
                 "normalize": detector.calibration.get("normalize"),
                 **{k: _round(found[k]) for k in ("image_auroc", "pixel_auroc", "aupro")},

@@ -128,6 +128,8 @@ def main(argv: list[str]) -> dict:
         "aupro": _round(found["aupro"]),
         "seconds_per_image": round(found["seconds"] / found["n_images"], 4),
         "steps": steps,
+        "seed": base.train.seed,
+        "normalize": found["normalize"],  # what score.normalize resolved to
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     }
