@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -32,7 +33,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("runs", nargs="*", type=Path, help="run directories")
     p.add_argument("--data", type=Path, help="MVTec-layout data set folder")
     p.add_argument("--table", type=Path, help="print this results file as a markdown table")
-    p.add_argument("--runs-matching", default="", help="--table: only runs whose path has this")
+    p.add_argument(
+        "--runs-matching", default="", help="--table: only runs whose path matches this regex"
+    )
     p.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2",
         help="score.* option and its values, e.g. score.image=max,mean_max (repeatable)",
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     if args.table:
         rows = [json.loads(line) for line in args.table.read_text().splitlines() if line]
-        print(table([r for r in rows if args.runs_matching in r["run"]]))
+        print(table([r for r in rows if re.search(args.runs_matching, r["run"])]))
         return rows
     if not args.runs or args.data is None:
         p.error("give RUN_DIR... and --data (or --table FILE)")
