@@ -196,7 +196,7 @@ class ScoreConfig:
     # Error maps, "+"-joined: "squared" (mean over colours of the squared error), "msgms"
     # (1 - multi-scale gradient-magnitude similarity, as RIAD); several terms are averaged
     # after each is normalised by its good-image statistics.
-    map: str = "squared+msgms"
+    map: str = "squared"
     # Good-image statistics the map is normalised by, (error - mean) / std: "structure" (mean
     # and std conditioned on the input's local gradient energy), "pixel" (per-pixel maps, for
     # aligned objects), "global" (one mean and std), "none", or "auto" (pixel for object-like

@@ -87,6 +87,7 @@ def parse_set(parser: argparse.ArgumentParser, text: str) -> dict:
 
 def main(argv: list[str]) -> dict:
     args = parse_args(argv)
+    commit = git_commit()  # the code this run starts with (the tree may change meanwhile)
     from ssad.config import Config
     from ssad.evaluation import evaluate
     from ssad.training import training_config
@@ -130,7 +131,7 @@ def main(argv: list[str]) -> dict:
         "steps": steps,
         "seed": base.train.seed,
         "normalize": found["normalize"],  # what score.normalize resolved to
-        "commit": git_commit(),
+        "commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     }
     append_row(args.results, row)
