@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--runs-matching", default="", help="--table: only runs whose path matches this regex"
     )
     p.add_argument(
+        "--repair", action="store_true", help="--table: the runs' repair-probe ratios instead"
+    )
+    p.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2",
         help="score.* option and its values, e.g. score.image=max,mean_max (repeatable)",
     )  # fmt: skip
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     if args.table:
         rows = [json.loads(line) for line in args.table.read_text().splitlines() if line]
-        print(table([r for r in rows if re.search(args.runs_matching, r["run"])]))
+        chosen = [r for r in rows if re.search(args.runs_matching, r["run"])]
+        print(repair_table(chosen) if args.repair else table(chosen))
         return rows
     if not args.runs or args.data is None:
         p.error("give RUN_DIR... and --data (or --table FILE)")
@@ -119,6 +123,18 @@ def table(rows: list[dict]) -> str:
                         f"{sum(values) / len(values):.3f} ±{spread / 2:.3f} ({len(values)})"
                     )
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def repair_table(rows: list[dict]) -> str:
+    """Markdown: one line per run, the repair-probe ratios at the end of its training."""
+    runs = {r["run"]: r for r in rows if r.get("repair")}
+    kinds = sorted({k for r in runs.values() for k in r["repair"]})
+    lines = ["| run | data set | steps | " + " | ".join(kinds) + " |"]
+    lines.append("|" + "---|" * (3 + len(kinds)))
+    for run, r in runs.items():
+        cells = [f"{r['repair'][k]:.3f}" if k in r["repair"] else "–" for k in kinds]
+        lines.append(f"| {run} | {r['dataset']} | {r['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
