@@ -150,8 +150,7 @@ class Detector:
         return self._threshold("image_threshold")
 
     def with_threshold(self, pixel: float, image: float | None = None) -> Detector:
-        """A copy with manual thresholds; ``image`` defaults to ``pixel`` (then an image is
-        anomalous exactly when its mask is not empty)."""
+        """A copy with manual thresholds; ``image`` defaults to ``pixel``."""
         other = copy.copy(self)  # shares the model, statistics and traced graphs
         other.calibration = {
             "pixel_threshold": float(pixel),
