@@ -119,7 +119,7 @@ class TrainConfig:
     # Norm in eq. (1)/(2): "l2" as printed (||.||_2, so each term is rms error / sqrt(area)),
     # or "squared" (||.||_2^2: each term is the mean squared error over its region). Squared
     # by default: on the bottle, 5 min of CPU training gave image AUROC 0.40 with "l2" and
-    # 0.76 with "squared" (README, Results).
+    # 0.76 with "squared" (benchmarks/quality-tuning.jsonl).
     norm: str = "squared"
     learning_rate: float = 1e-3  # paper: 1e-4; 1e-3 learns ~2x faster in CPU-minute budgets
     steps: int = 3000  # total over all stages

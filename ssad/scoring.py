@@ -201,8 +201,7 @@ def error_maps(recon: tf.Tensor, images: tf.Tensor, terms: tuple[str, ...]) -> t
 def structure_guide(images: tf.Tensor, sigma: float) -> tf.Tensor:
     """What ``structure`` normalisation conditions the error statistics on, ``[b, h, w, 1]``:
     the local gradient energy of ``images`` (large on edges, mortar lines, texture),
-    Gaussian-smoothed. (Adding the local brightness as a second channel was measured worse on
-    the tire and the bottle, better on the demo.)"""
+    Gaussian-smoothed."""
     energy = tf.square(gradient_magnitude(_gray(images)))
     return gaussian_smooth(energy, sigma)
 
