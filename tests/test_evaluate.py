@@ -123,3 +123,22 @@ def test_predict_outputs_agree_with_detector_predict(run_dir, data, tmp_path):
         )
         np.testing.assert_array_equal(read_mask(out / row["mask"]), mask)
         assert read_image(out / row["overlay"]).shape == (64, 64, 3)
+
+
+def test_set_rescores_a_run_from_its_held_out_images(data, tmp_path):
+    heldout = sorted((data / "train" / "good").iterdir())
+    run = make_run_dir(tmp_path / "run", heldout=heldout)
+    out = tmp_path / "report"
+    args = ["evaluate", str(run), str(data), "--out", str(out)]
+    args += ["--set", "score.normalize=pixel", "--set", "score.image=max"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["normalize"] == "pixel" and metrics["score"]["image"] == "max"
+    assert metrics["threshold_method"] == "good-quantile"  # recalibrated, not the stored manual
+    stored = json.loads((run / "calibration.json").read_text())
+    assert stored["method"] == "manual"  # the run directory is not changed
+    bad = CliRunner().invoke(main, args[:5] + ["--set", "train.lam=0.3"])
+    assert bad.exit_code == 1 and "only score.* settings" in bad.output
+    bad = CliRunner().invoke(main, args[:5] + ["--set", "score.image"])
+    assert bad.exit_code == 2 and "expected KEY=VALUE" in bad.output
