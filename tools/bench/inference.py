@@ -11,7 +11,8 @@ and reports
 
 - ``images_per_s`` (best of ``repeats`` timed calls after one warm-up call);
 - ``fraction_of_matmul_peak`` = model FLOP per image (``ssad.model.count_flops``) x
-  images/s / matmul FLOP/s of the row's dtype;
+  images/s / matmul FLOP/s of the row's dtype, and ``useful_fraction_of_matmul_peak`` with
+  only the products that meet data (``count_flops(useful=True)``);
 - ``keras_images_per_s`` (float32 rows): the stock Keras forward ``model(x)`` alone, for
   comparison with the inference graph;
 - ``bfloat16_speedup`` and ``max_abs_heatmap_diff_vs_float32`` (bfloat16 rows).
@@ -21,9 +22,7 @@ near-constant output understates the bfloat16 heatmap difference; ``--run RUN_DI
 for a trained model (``preset`` is then the run directory) to measure it. bfloat16 rows are
 skipped unless the CPU reports AVX512-BF16 or AMX-BF16 (or ``--dtypes`` asks for them).
 Progress goes to stderr. The machine should be otherwise idle; ratios survive noise better
-than absolute numbers. ``count_flops`` counts every tap of the dilated convolutions, also
-those that fall in the zero padding (12% of all FLOP at 512 px, 18% at 256 px), which oneDNN
-skips: fractions are optimistic by about that much.
+than absolute numbers.
 """
 
 from __future__ import annotations
@@ -125,6 +124,7 @@ def main(argv: list[str]) -> dict:
         keras_forward = tf.function(lambda x, m=model: m(x, training=False))
         for size in (int(s) for s in args.sizes.split(",")):
             flops = count_flops(model, size, size)
+            useful = count_flops(model, size, size, useful=True)
             sigma = cfg.score.sigma * size / 256
             for batch in (int(b) for b in args.batches.split(",")):
                 images = tf.random.stateless_uniform((batch, size, size, 3), seed=(size, batch))
@@ -145,6 +145,7 @@ def main(argv: list[str]) -> dict:
                         "dtype": dtype,
                         "images_per_s": batch / seconds,
                         "flop_per_image": flops,
+                        "useful_flop_per_image": useful,
                     }
                     note = ""
                     if dtype == "float32":
@@ -166,9 +167,10 @@ def main(argv: list[str]) -> dict:
                         f"{fraction:.2f} of matmul peak so far{note}"
                     )
     for row in rows:
-        row["fraction_of_matmul_peak"] = (
-            row["flop_per_image"] * row["images_per_s"] / peaks[row["dtype"]]
-        )
+        for key in ("", "useful_"):
+            row[f"{key}fraction_of_matmul_peak"] = (
+                row[f"{key}flop_per_image"] * row["images_per_s"] / peaks[row["dtype"]]
+            )
     return {
         "matmul_flops_per_s": peaks,
         "results": rows,
