@@ -42,6 +42,8 @@ MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 CALIBRATION_FILE = "calibration.json"
 STATISTICS_FILE = "statistics.npz"
+# What a calibration without a "score" entry was made for (ssad before the scoring options).
+LEGACY_SCORE = {"score.map": "squared", "score.normalize": "none", "score.image": "max"}
 HELDOUT_FILE = "heldout.json"
 _HOW_TO_CALIBRATE = "make one with `ssad calibrate RUN_DIR DATA_DIR` or pass --threshold"
 
@@ -121,6 +123,9 @@ class Detector:
                     raise  # else: a bad calibration is about to be replaced (ssad calibrate)
                 calibration, statistics = None, None
         config = Config.load(run / CONFIG_FILE)
+        if calibration is not None and "score" not in calibration:
+            # made by an ssad before the scoring options: its thresholds are for raw maxima
+            config = config.override(LEGACY_SCORE)
         try:
             model = keras.models.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
         except Exception as e:  # Keras raises many types for a damaged or foreign file

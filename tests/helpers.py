@@ -36,6 +36,7 @@ def make_run_dir(
         "method": "manual",
         "n_images": 0,
         "ssad_version": "test",
+        "score": cfg.to_dict()["score"],  # the scoring these thresholds are for
     }
     (path / "calibration.json").write_text(json.dumps(calibration))
     if heldout is not None:

@@ -182,3 +182,12 @@ def test_calibrate_command_stores_thresholds(tmp_path):
     assert calibration["method"] == "good-quantile" and calibration["n_images"] == 3
     result = CliRunner().invoke(main, ["calibrate", str(run)])
     assert result.exit_code == 1 and "give DATA_DIR" in result.output
+
+
+def test_a_calibration_from_before_the_scoring_options_keeps_its_scoring(tmp_path):
+    run = make_run_dir(tmp_path / "run")
+    calibration = json.loads((run / "calibration.json").read_text())
+    del calibration["score"]  # as ssad 0.1 wrote it: thresholds of raw maxima
+    (run / "calibration.json").write_text(json.dumps(calibration))
+    score = Detector.load(run).config.score
+    assert (score.map, score.normalize, score.image) == ("squared", "none", "max")

@@ -74,10 +74,9 @@ def run_dir(tmp_path_factory, pngs):
     detector = Detector.load(run)
     heatmaps, scores = detector.maps([read_image(p) for p in pngs])
     pixel = float(np.median(np.concatenate([h.ravel() for h in heatmaps])))
-    save_calibration(
-        run,
-        {"pixel_threshold": pixel, "image_threshold": float(np.mean(scores)), "method": "manual"},
-    )
+    calibration = {"pixel_threshold": pixel, "image_threshold": float(np.mean(scores))}
+    calibration |= {"method": "manual", "score": detector.config.to_dict()["score"]}
+    save_calibration(run, calibration)
     return run
 
 
