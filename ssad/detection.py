@@ -35,7 +35,13 @@ from ssad.errors import BadImageError, DataError, RunDirError, VersionError
 from ssad.files import atomic_write_bytes, atomic_write_text
 from ssad.images import resize, to_rgb
 from ssad.progress import progress_bar
-from ssad.scoring import anomaly_maps, image_score, normalized_heatmap, raw_maps
+from ssad.scoring import (
+    anomaly_maps,
+    image_score,
+    normalized_heatmap,
+    raw_maps,
+    to_working_resolution,
+)
 from ssad.statistics import GoodStatistics, fit_statistics
 
 MODEL_FILE = "model.keras"
@@ -88,7 +94,7 @@ class Detector:
         return heatmap, score
 
     def _raw_maps_graph(self, images):
-        x = tf.image.resize(images, (self.resolution,) * 2, method="bilinear", antialias=True)
+        x = to_working_resolution(images, self.resolution)
         maps, _ = raw_maps(self.model, x, self.config.score, self.sigma)
         return maps, x
 

@@ -273,6 +273,13 @@ def image_score(heatmap: tf.Tensor, score, k_px: int) -> tf.Tensor:
     return tf.reduce_mean(tf.math.top_k(flat, k).values, axis=1)
 
 
+def to_working_resolution(images: tf.Tensor, resolution: int | None) -> tf.Tensor:
+    """``images`` resized (antialiased) to the square working resolution (``None``: as is)."""
+    if resolution is None:
+        return images
+    return tf.image.resize(images, (resolution, resolution), method="bilinear", antialias=True)
+
+
 def anomaly_maps(
     model,
     images: tf.Tensor,
@@ -297,9 +304,7 @@ def anomaly_maps(
     score = score or ScoreConfig(map="squared", normalize="none", image="max")
     images = tf.convert_to_tensor(images, tf.float32)
     size = tf.shape(images)[1:3]
-    x = images
-    if resolution is not None:
-        x = tf.image.resize(x, (resolution, resolution), method="bilinear", antialias=True)
+    x = to_working_resolution(images, resolution)
     maps, recon = raw_maps(model, x, score, sigma, dtype)
     heat = normalized_heatmap(maps, x, statistics, sigma)
     k_px = max(1, round(score.image_k * (resolution or 256) / 256))

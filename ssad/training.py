@@ -198,14 +198,13 @@ def train(
     ``train.seed`` gives identical weights. ``callbacks`` run after ssad's own in every stage.
     Raises ``SsadError`` on bad data or config, a finished run in ``run_dir``, or a NaN loss.
     """
-    plan_stages(config)  # a bad budget fails before anything starts
+    plans = plan_stages(config)  # a bad budget fails before anything starts
     # the strategy first: a multi-worker one must configure TensorFlow before any device query
     strategy = _make_strategy(config.train.strategy)
     precision, why = resolve_precision(config.train.mixed_precision)
     cfg = replace(config, train=replace(config.train, mixed_precision=precision))
     if verbose and why != "as configured":
         print(f"mixed precision: {precision} ({why})", flush=True)
-    plans = plan_stages(cfg)
     multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     chief = _is_chief(strategy)
     run_dir = Path(run_dir)
@@ -219,10 +218,8 @@ def train(
     images, skipped = load_images(paths, cfg.data.resolution, cfg.data.on_bad_image)
     bad = {str(p) for p, _ in skipped}
     paths = [p for p in paths if str(p) not in bad]
-    train_images, val_images = split_validation(
-        images, cfg.data.validation_fraction, cfg.train.seed
-    )
-    heldout = _validation_order(len(images), cfg.data.validation_fraction, cfg.train.seed)[1]
+    kept, heldout = _validation_order(len(images), cfg.data.validation_fraction, cfg.train.seed)
+    train_images, val_images = images[kept], images[heldout]
     loss = objective_for(cfg.train.objective, cfg.train.lam, cfg.train.norm)
 
     previous_policy = keras.mixed_precision.global_policy()
