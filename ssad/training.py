@@ -4,7 +4,8 @@ A run is a schedule of stages (``config.train.stages``), each one ``model.fit`` 
 of one side, the weights carried over. ``train.steps`` and ``train.max_minutes`` are split over
 the stages by their ``fraction``; either bound may be ``None``. An epoch is
 ``train.steps_per_epoch`` steps and ends with a validation loss on held-out good images and a
-checkpoint, from which a killed run resumes. The run directory::
+checkpoint, from which a killed run resumes; a finished run bounded by time trains on when
+resumed with a larger ``train.max_minutes`` (in the stage due at its clock). The run directory::
 
     model.keras        final model (float32, loads in safe mode)
     config.json        the effective Config
@@ -194,9 +195,11 @@ def train(
 
     ``data``: an MVTec AD category folder, a folder of images or a list of image files.
     ``resume``: continue from ``run_dir/checkpoints`` when a killed run left one (otherwise
-    start over). ``deterministic``: enable TensorFlow op determinism, so the same
-    ``train.seed`` gives identical weights. ``callbacks`` run after ssad's own in every stage.
-    Raises ``SsadError`` on bad data or config, a finished run in ``run_dir``, or a NaN loss.
+    start over); a finished run goes on only when ``train.max_minutes`` grew.
+    ``deterministic``: enable TensorFlow op determinism, so the same ``train.seed`` gives
+    identical weights. ``callbacks`` run after ssad's own in every stage.
+    Raises ``SsadError`` on bad data or config, a finished run in ``run_dir`` (unless its
+    budget grew), or a NaN loss.
     """
     plans = plan_stages(config)  # a bad budget fails before anything starts
     # the strategy first: a multi-worker one must configure TensorFlow before any device query
@@ -239,6 +242,9 @@ def train(
         state = RunState()
         if resume and ckpt_path.exists():
             state = load_checkpoint(ckpt_path, model)
+        if state.done:  # a finished run given a longer budget: on in the stage due by now
+            due = [p.index for p in plans if p.deadline_s > state.elapsed_s]
+            state.done, state.stage, state.stage_steps = False, due[0], 0
         resumed_from = state.epoch if state.step else None
         clock = run_clock(state.elapsed_s)
         if verbose and resumed_from is not None:
@@ -452,8 +458,16 @@ def _any_worker(strategy: tf.distribute.Strategy):
 def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, chief: bool) -> None:
     """Create ``run_dir`` and save the effective config; refuse to resume with another one."""
     config_path, ckpt_path = run_dir / "config.json", run_dir / "checkpoints" / "last.npz"
-    if resume and ckpt_path.exists() and read_state(ckpt_path).done:
-        raise RunDirError(f"{run_dir} holds a finished run; choose another --out")
+    if resume and ckpt_path.exists():
+        state = read_state(ckpt_path)
+        t = cfg.train
+        longer = t.steps is None and t.max_minutes is not None
+        if state.done and not (longer and 60.0 * t.max_minutes > state.elapsed_s):
+            raise RunDirError(
+                f"{run_dir} holds a finished run ({state.elapsed_s / 60:.1f} min of training); "
+                "give a larger --max-minutes (and no --steps) to train it longer, or choose "
+                "another --out"
+            )
     if resume and ckpt_path.exists() and config_path.exists():
         old = Config.load(config_path).to_dict()
         new = cfg.to_dict()

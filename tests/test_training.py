@@ -179,6 +179,30 @@ def test_resume_after_sigkill(images, tmp_path):
     np.testing.assert_allclose([h["learning_rate"] for h in history], want, rtol=1e-2)
 
 
+def test_finished_run_trains_longer_with_a_larger_budget(images, tmp_path):
+    # two stages by time; the extension goes on in the stage due at the run's clock
+    cfg = training_config(small_config(), max_minutes=0.05).override(
+        {"train.stages": [{"crop": 16, "batch_size": 2, "fraction": 0.5},
+                          {"crop": 32, "batch_size": 2, "fraction": 0.5}]}
+    )  # fmt: skip
+    run = tmp_path / "run"
+    first = train(cfg, images, run, verbose=0)
+    with pytest.raises(RunDirError, match="larger --max-minutes"):
+        train(cfg, images, run, verbose=0)  # the same budget: nothing to do
+    budget = (first.seconds + 4.0) / 60  # tracing makes the first run overshoot its 3 s
+    longer = train(training_config(cfg, max_minutes=budget), images, run, verbose=0)
+    assert longer.resumed_from_epoch == first.epochs and longer.steps > first.steps
+    assert longer.seconds >= first.seconds + 4.0
+    history = json.loads((run / "history.json").read_text())
+    steps = [h["step"] for h in history]
+    assert steps == sorted(steps) and steps[-1] == longer.steps
+    # the first stage's new deadline (half the budget) has passed: all of it in stage 2
+    assert first.seconds > 30 * budget
+    assert {h["stage"] for h in history[first.epochs :]} == {2}
+    assert checkpoint_state(run).done
+    assert Config.load(run / "config.json").train.max_minutes == budget
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     values = [schedule_factor(p, "cosine", 0.1) for p in (0.0, 0.05, 0.1, 0.55, 1.0, 2.0)]
     assert values[0] < 0.02 and values[1] == pytest.approx(0.5, abs=0.01)

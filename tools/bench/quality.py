@@ -3,7 +3,7 @@ it on the data set's test images, append a row to a JSON-lines results file and 
 
     python tools/benchmark.py quality --data DIR --variant NAME --minutes M [--results FILE]
         [--preset NAME] [--image-size N] [--mixed-precision auto|none|bf16|fp16]
-        [--set KEY=VALUE]... [--workdir DIR]
+        [--set KEY=VALUE]... [--workdir DIR] [--extend-from M0]
 
 Variants (config overrides on the preset): ``objective1`` (eq. 1, default distortion),
 ``objective2`` (eq. 2, which stops early by default), ``plain-ae`` (objective 0: the same model as
@@ -14,9 +14,12 @@ workdir lacks it).
 ``--set`` overrides a config key for every variant
 (``train.learning_rate=1e-3``; the value is read as JSON, else as text). Run directories:
 ``WORKDIR/<data set>-<preset>-<size>px-<precision>-<M>min[-<key>=<value>...]/<variant>/``
-(``eval/`` inside holds the report). ``steps`` in a row is the optimisation steps done (summed
-for the ensemble); ``seconds_per_image`` is the wall time of ``evaluate`` per test image (read,
-score, metrics); ``mixed_precision`` is the training precision (evaluation runs in float32).
+(``eval/`` inside holds the report). ``--extend-from M0`` copies the finished ``M0``-minute run
+of the same settings and trains the copy on to ``--minutes`` (the stage due at its clock goes
+on), so a curve over budgets costs the longest budget once; its rows say ``extended_from``.
+``steps`` in a row is the optimisation steps done (summed for the ensemble);
+``seconds_per_image`` is the wall time of ``evaluate`` per test image (read, score, metrics);
+``mixed_precision`` is the training precision (evaluation runs in float32).
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="config override for all variants, e.g. train.learning_rate=1e-3 (repeatable)",
     )  # fmt: skip
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="run directories")
+    p.add_argument(
+        "--extend-from", type=float, metavar="M0",
+        help="train a copy of the finished M0-minute run on to --minutes",
+    )  # fmt: skip
     args = p.parse_args(argv)
     overrides = {}
     for text in args.overrides:
@@ -65,6 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.overrides = overrides
     if args.minutes <= 0:
         p.error(f"--minutes must be > 0, got {args.minutes:g}")
+    if args.extend_from is not None and not 0 < args.extend_from < args.minutes:
+        p.error(f"--extend-from must be between 0 and --minutes, got {args.extend_from:g}")
     if not (args.data / "train").is_dir() or not (args.data / "test").is_dir():
         p.error(f"--data {args.data}: not a data set folder with train/ and test/")
     return args
@@ -103,19 +112,24 @@ def main(argv: list[str]) -> dict:
     dataset = args.data.resolve().name
     precision = resolve_precision(base.train.mixed_precision)[0]
     size = base.data.resolution
-    name = f"{dataset}-{args.preset}-{size}px-{precision}-{args.minutes:g}min"
-    name += "".join(f"-{k}={v}" for k, v in args.overrides.items())
-    group = args.workdir / name
+
+    def group(minutes: float) -> Path:
+        name = f"{dataset}-{args.preset}-{size}px-{precision}-{minutes:g}min"
+        return args.workdir / (name + "".join(f"-{k}={v}" for k, v in args.overrides.items()))
+
     members = ENSEMBLE if args.variant == "ensemble" else (args.variant,)
     run_dirs, steps = [], 0
     for variant in members:
-        run_dir = group / variant
-        if args.variant == "ensemble" and (run_dir / "calibration.json").exists():
+        run_dir = group(args.minutes) / variant
+        if args.extend_from is not None:
+            steps += extend_variant(base, variant, args.data, group(args.extend_from) / variant,
+                                    run_dir)  # fmt: skip
+        elif args.variant == "ensemble" and (run_dir / "calibration.json").exists():
             steps += json.loads((run_dir / "history.json").read_text())[-1]["step"]
         else:
             steps += train_variant(base, variant, args.data, run_dir)
         run_dirs.append(run_dir)
-    found = evaluate(run_dirs, args.data, group / args.variant / "eval", progress=True)
+    found = evaluate(run_dirs, args.data, run_dirs[0].parent / args.variant / "eval", progress=True)
     row = {
         "dataset": dataset,
         "variant": args.variant,
@@ -130,6 +144,7 @@ def main(argv: list[str]) -> dict:
         "seconds_per_image": round(found["seconds"] / found["n_images"], 4),
         "steps": steps,
         "seed": base.train.seed,
+        "extended_from": args.extend_from,
         "normalize": found["normalize"],  # what score.normalize resolved to
         "commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -143,6 +158,20 @@ def train_variant(base, variant: str, data: Path, run_dir: Path) -> int:
     from ssad.training import train
 
     return train(base.override(VARIANTS[variant]), data, run_dir, resume=False).steps
+
+
+def extend_variant(base, variant: str, data: Path, source: Path, run_dir: Path) -> int:
+    """Copy the finished run ``source`` to ``run_dir`` and train it on to ``base``'s budget;
+    the number of steps done in all."""
+    import shutil
+
+    from ssad.training import train
+
+    if not (source / "calibration.json").exists():
+        raise SystemExit(f"--extend-from: {source} holds no finished run")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("eval"))
+    return train(base.override(VARIANTS[variant]), data, run_dir, resume=True).steps
 
 
 def append_row(path: Path, row: dict) -> None:
