@@ -72,11 +72,21 @@ class DistortionConfig:
         _check(0 < self.patch_size[0] <= self.patch_size[1] <= 1, "distortion.patch_size")
 
 
+RESIZE_MODES = ("auto", "square", "scale", "native")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Reading and augmenting images."""
 
-    resolution: int = 256  # working resolution: every image is resized to this square side
+    # Working geometry (ssad.data.geometry): "square" resizes every image to resolution x
+    # resolution; "scale" resizes every image by one factor, ``scale``, keeping its aspect
+    # (chosen at training so that the median shorter side becomes ``resolution``); "native"
+    # keeps every image as it is; "auto" is square when all training images share one size,
+    # else scale. Training saves the resolved mode (and factor) in the run's config.json.
+    resolution: int = 256
+    resize: str = "auto"  # auto | square | scale | native
+    scale: float | None = None  # the factor of "scale" (None: chosen from the training images)
     rotate: bool = True  # random 90-degree rotations (textures yes, most objects no)
     flip: bool = True
     # Held-out good images: the validation loss, then the good-image statistics and thresholds
@@ -91,6 +101,8 @@ class DataConfig:
             f"data.resolution must be a multiple of 8, got {self.resolution}",
         )
         _check(0 <= self.validation_fraction < 1, "data.validation_fraction must be in [0, 1)")
+        _check(self.resize in RESIZE_MODES, f"data.resize {self.resize!r}")
+        _check(self.scale is None or self.scale > 0, f"data.scale must be > 0, got {self.scale}")
         _check(self.on_bad_image in ("error", "skip"), f"data.on_bad_image {self.on_bad_image!r}")
 
 
@@ -207,6 +219,9 @@ class ScoreConfig:
     image: str = "mean_max"  # image score: max | mean_max (max of a k x k box mean) | topk_mean
     image_k: float = 16.0  # k for mean_max / topk_mean (the top k*k pixels), px at 256
     tta: str = "none"  # test-time augmentation, maps averaged: none | flips | dihedral
+    # Images with a side above this many pixels (at the working scale) are reconstructed in
+    # overlapping tiles of at most tile x tile, blended (bounded memory); 0: always whole.
+    tile: int = 1024
     pixel_quantile: float = 0.999  # threshold from good images: quantile of their pixel scores
     image_quantile: float = 0.99  # ... and of their image scores
 
@@ -230,6 +245,7 @@ class ScoreConfig:
         _check(self.image in IMAGE_SCORES, f"score.image {self.image!r}")
         _check(self.image_k >= 1, f"score.image_k must be >= 1, got {self.image_k}")
         _check(self.tta in TTA_MODES, f"score.tta {self.tta!r}")
+        _check(self.tile == 0 or self.tile >= 64, f"score.tile must be 0 or >= 64, got {self.tile}")
         for name in ("pixel_quantile", "image_quantile"):
             _check(0 < getattr(self, name) < 1, f"score.{name} must be in (0, 1)")
 

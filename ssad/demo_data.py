@@ -7,6 +7,7 @@ inspection defects onto further bottom crops: a scratch (thin bright or dark cur
 (dark round blob with a soft edge), a crack (dark, jagged, branching line) and a stain
 (translucent tinted blot). None of them is the elastic patch warping the model trains on.
 Every drawing has an opacity map ``alpha`` in [0, 1]; the ground-truth mask is ``alpha >= 0.5``.
+``shapes="varied"`` cuts crops of random size and aspect instead (for ``data.resize``).
 """
 
 from __future__ import annotations
@@ -43,12 +44,18 @@ def make_demo_data(
     n_good: int = 20,
     n_defect: int = 15,
     size: int = 128,
+    shapes: str = "square",
 ) -> Path:
     """Write the demo data set to the new folder ``out`` and return its path.
 
     ``n_train`` training crops, ``n_good`` defect-free and ``n_defect`` crops per defect kind
-    for testing, all ``size`` pixels square. The same arguments give the same files.
+    for testing, all ``size`` pixels square; ``shapes="varied"``: crops of random size and
+    aspect at the photo's own scale (shorter side ``size / 2`` to ``1.5 * size`` pixels, aspect
+    w/h 0.4 to 2.5 within the photo's bounds), defects drawn on a square part of each.
+    The same arguments give the same files.
     """
+    if shapes not in ("square", "varied"):
+        raise DataError(f"unknown shapes {shapes!r}; choose square or varied")
     if texture not in TEXTURES:
         raise DataError(f"unknown texture {texture!r}; choose one of {', '.join(TEXTURES)}")
     out = Path(out)
@@ -60,14 +67,15 @@ def make_demo_data(
         raise DataError(f"crop size {size} is too large for the {photo.shape[0]}-pixel photo")
     top, bottom = photo[:split], photo[split:]
     rng = np.random.default_rng(seed)
+    crop = _crop if shapes == "square" else _varied_crop
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
-        _write_all(tmp / "train" / "good", [_crop(top, size, rng) for _ in range(n_train)])
-        _write_all(tmp / "test" / "good", [_crop(bottom, size, rng) for _ in range(n_good)])
+        _write_all(tmp / "train" / "good", [crop(top, size, rng) for _ in range(n_train)])
+        _write_all(tmp / "test" / "good", [crop(bottom, size, rng) for _ in range(n_good)])
         for defect, draw in DEFECTS.items():
             images, masks = [], []
             for _ in range(n_defect):
-                image, alpha = draw(_crop(bottom, size, rng), rng)
+                image, alpha = _on_square_part(crop(bottom, size, rng), draw, rng)
                 images.append(image)
                 masks.append(alpha >= 0.5)
             _write_all(tmp / "test" / defect, images)
@@ -98,6 +106,38 @@ def _crop(region: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     return np.repeat(crop[..., None], 3, axis=-1)
+
+
+def _varied_crop(region: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A crop of random size and aspect (see ``make_demo_data``), rotated and flipped."""
+    short = rng.uniform(0.5, 1.5) * size
+    aspect = np.exp(rng.uniform(np.log(0.4), np.log(2.5)))  # long / short after a turn
+    along = max(aspect, 1 / aspect)
+    h = int(min(region.shape[0], max(32, round(short))))
+    w = int(min(region.shape[1], max(32, round(short * along))))
+    y = rng.integers(0, region.shape[0] - h + 1)
+    x = rng.integers(0, region.shape[1] - w + 1)
+    crop = region[y : y + h, x : x + w]
+    if aspect < 1:
+        crop = crop.T  # tall instead of wide
+    crop = np.rot90(crop, k=2 * rng.integers(2))
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return np.repeat(np.ascontiguousarray(crop)[..., None], 3, axis=-1)
+
+
+def _on_square_part(image: np.ndarray, draw, rng: np.random.Generator):
+    """``draw`` (a defect) on a random square part of ``image``: ``(image, alpha [h, w])``."""
+    h, w = image.shape[:2]
+    if h == w:
+        return draw(image, rng)
+    side = min(h, w)
+    y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    part, part_alpha = draw(image[y : y + side, x : x + side], rng)
+    image, alpha = image.copy(), np.zeros((h, w), np.float32)
+    image[y : y + side, x : x + side] = part
+    alpha[y : y + side, x : x + side] = part_alpha
+    return image, alpha
 
 
 # -- geometry ----------------------------------------------------------------------------------

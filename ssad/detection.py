@@ -31,17 +31,12 @@ import tensorflow as tf
 
 from ssad import metrics
 from ssad.config import Config
-from ssad.errors import BadImageError, DataError, RunDirError, VersionError
+from ssad.data.geometry import mode_of, to_working, working_size
+from ssad.errors import BadImageError, ConfigError, DataError, RunDirError, VersionError
 from ssad.files import atomic_write_bytes, atomic_write_text
 from ssad.images import resize, to_rgb
 from ssad.progress import progress_bar
-from ssad.scoring import (
-    anomaly_maps,
-    image_score,
-    normalized_heatmap,
-    raw_maps,
-    to_working_resolution,
-)
+from ssad.scoring import anomaly_maps, image_score, normalized_heatmap, raw_maps
 from ssad.statistics import GoodStatistics, fit_statistics
 
 MODEL_FILE = "model.keras"
@@ -76,7 +71,6 @@ class Detector:
         self.calibration = dict(calibration) if calibration else None
         self.statistics = statistics
         self.batch_size = batch_size
-        self.resolution = config.data.resolution
         self.sigma = config.score.sigma * config.data.resolution / 256
         self.k_px = max(1, round(config.score.image_k * config.data.resolution / 256))
         spec = [tf.TensorSpec([None, None, None, 3], tf.float32)]
@@ -89,12 +83,12 @@ class Detector:
 
     def _maps_graph(self, images):
         heatmap, score, _ = anomaly_maps(
-            self.model, images, self.resolution, self.sigma, self.config.score, self.statistics
+            self.model, images, self.config.data, self.sigma, self.config.score, self.statistics
         )
         return heatmap, score
 
     def _raw_maps_graph(self, images):
-        x = to_working_resolution(images, self.resolution)
+        x = to_working(images, self.config.data)
         maps, _ = raw_maps(self.model, x, self.config.score, self.sigma)
         return maps, x
 
@@ -136,7 +130,9 @@ class Detector:
             model = keras.models.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
         except Exception as e:  # Keras raises many types for a damaged or foreign file
             raise RunDirError(f"{run / MODEL_FILE}: cannot load the model ({e})") from e
-        stale = calibration is not None and calibration.get("score") not in (None, _plain(config))
+        # options added after the calibration was made are not in its record: ignored
+        made_for, now = (calibration or {}).get("score") or {}, _plain(config)
+        stale = any(now.get(key) != value for key, value in made_for.items())
         if score_overrides:
             if any(not k.startswith("score.") for k in score_overrides):
                 raise RunDirError("only score.* settings can be changed on a trained run")
@@ -173,19 +169,23 @@ class Detector:
         return other
 
     # -- inference -----------------------------------------------------------------------------
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an image of ``height`` x ``width`` is scored at (``ssad.data.geometry``)."""
+        return working_size(height, width, self.config.data)
+
     def batch_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(heatmaps [b, h, w], scores [b])`` of one float32 batch ``[b, h, w, 3]``."""
         heatmap, score = self._graph(tf.convert_to_tensor(batch, tf.float32))
         return heatmap.numpy(), score.numpy()
 
     def working_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(raw maps [b, r, r, m], images [b, r, r, 3])`` of one batch at the working
-        resolution ``r``: what the good-image statistics are fitted on."""
+        """``(raw maps [b, h, w, m], images [b, h, w, 3])`` of one batch at the working
+        geometry: what the good-image statistics are fitted on."""
         maps, x = self._raw_graph(tf.convert_to_tensor(batch, tf.float32))
         return maps.numpy(), x.numpy()
 
     def finish(self, maps, x, statistics: GoodStatistics | None):
-        """``(heatmaps, scores)`` at the working resolution from ``working_maps``' output,
+        """``(heatmaps, scores)`` at the working geometry from ``working_maps``' output,
         normalised by ``statistics`` (the same ops as the detection graph)."""
         heat = normalized_heatmap(tf.constant(maps), tf.constant(x), statistics, self.sigma)
         return heat.numpy(), image_score(heat, self.config.score, self.k_px).numpy()
@@ -237,7 +237,6 @@ class Ensemble(Detector):
         self.calibration = {"pixel_threshold": 1.0, "image_threshold": 1.0, "method": "ensemble"}
         self.statistics = None
         self.batch_size = batch_size
-        self.resolution = self.detectors[0].resolution
         self.sigma = None
         for d in self.detectors:
             if not (d.pixel_threshold > 0 and d.image_threshold > 0):
@@ -287,11 +286,12 @@ def _as_rgb(x) -> np.ndarray:
     return to_rgb(x)
 
 
-def _batches(items: list[np.ndarray], batch_size: int) -> Iterator[list[np.ndarray]]:
-    """Runs of consecutive same-sized images, at most ``batch_size`` long."""
-    batch: list[np.ndarray] = []
+def _batches(items: list, batch_size: int, key=lambda x: x.shape) -> Iterator[list]:
+    """Runs of consecutive items of one ``key`` (by default: same-sized images), at most
+    ``batch_size`` long."""
+    batch: list = []
     for x in items:
-        if batch and (len(batch) == batch_size or x.shape != batch[0].shape):
+        if batch and (len(batch) == batch_size or key(x) != key(batch[0])):
             yield batch
             batch = []
         batch.append(x)
@@ -313,7 +313,8 @@ def scan(
     """Yield ``(sample, image, mask, heatmap, score)`` for each ``ssad.data.readers.TestSample``,
     reading and scoring ``batch_size`` images at a time (memory independent of their number).
 
-    ``resolution``: resize images (and masks, nearest) to that square side first. Unreadable
+    ``resolution``: resize images (and masks, nearest) to that square side first (``None``:
+    score them at their own size; see :func:`metrics_resolution`). Unreadable
     images raise ``BadImageError``, or are appended to ``skipped`` when it is a list.
     """
     from ssad.data.readers import read_sample
@@ -351,6 +352,13 @@ def scan(
         yield from flush()
 
 
+def metrics_resolution(detector: Detector) -> int | None:
+    """Where pixel metrics are computed: at the square working resolution when the run
+    squares its images (masks resized with them, nearest), else at each image's own size."""
+    data = detector.config.data
+    return data.resolution if mode_of(data) == "square" else None
+
+
 def has_masks(samples: Sequence) -> bool:
     """Whether pixel metrics apply: some sample has a mask and every sample of a defect class
     (not ``good``, not ``unknown``) has one."""
@@ -374,7 +382,8 @@ def collect(
     skipped: list | None = None,
     progress: bool = False,
 ) -> dict:
-    """Score the test images of ``data_dir`` at ``resolution`` (default: the working one):
+    """Score the test images of ``data_dir`` at ``resolution`` (default:
+    :func:`metrics_resolution`):
     ``{"labels", "scores", "pixels" (PixelMetrics, or None without masks), "image_auroc",
     "pixel_auroc", "aupro"}``."""
     from ssad.data.readers import test_samples
@@ -382,7 +391,7 @@ def collect(
     samples = test_samples(data_dir)
     pixels = metrics.PixelMetrics() if has_masks(samples) else None
     labels, scores = [], []
-    resolution = resolution or detector.resolution
+    resolution = resolution or metrics_resolution(detector)
     for sample, _, mask, heatmap, score in scan(
         detector, samples, batch_size, resolution, skipped, progress
     ):
@@ -429,9 +438,9 @@ def calibrate_on_good(
     mode = resolve_normalization(score_cfg.normalize, good.xs)
     counts, scores = np.zeros(metrics.N_BINS), []
     for stats, chosen in good.cross_fitted(mode):
-        for start in range(0, len(chosen), batch_size):
-            part = chosen[start : start + batch_size]
-            heat, s = detector.finish(good.maps[part], good.xs[part], stats)
+        for part in _batches(list(chosen), batch_size, key=lambda i: good.xs[i].shape):
+            maps, xs = (np.stack([seq[i] for i in part]) for seq in (good.maps, good.xs))
+            heat, s = detector.finish(maps, xs, stats)
             counts += metrics.histogram(heat)
             scores.extend(s.tolist())
     calibration = _calibration(
@@ -446,17 +455,17 @@ def calibrate_on_good(
 
 
 class _GoodMaps:
-    """Raw error maps of good images at the working resolution, and statistics fitted on
-    chosen ones."""
+    """Raw error maps of good images at the working geometry (lists: sizes may differ), and
+    statistics fitted on chosen ones."""
 
     def __init__(self, detector: Detector, items: list[np.ndarray], batch_size: int):
         self.detector = detector
-        maps, xs = [], []
+        self.maps: list[np.ndarray] = []
+        self.xs: list[np.ndarray] = []
         for batch in _batches(items, batch_size):
             m, x = detector.working_maps(np.stack(batch))
-            maps.append(m)
-            xs.append(x)
-        self.maps, self.xs = np.concatenate(maps), np.concatenate(xs)
+            self.maps.extend(m)
+            self.xs.extend(x)
         self._guides = None
 
     def fit(self, mode: str, chosen: np.ndarray) -> GoodStatistics:
@@ -464,9 +473,9 @@ class _GoodMaps:
         guides = None
         if mode == "structure":
             if self._guides is None:
-                self._guides = np.concatenate(list(structure_guides(self.xs, d.sigma)))
-            guides = list(self._guides[chosen])
-        maps = list(self.maps[chosen])
+                self._guides = structure_guides(self.xs, d.sigma)
+            guides = [self._guides[i] for i in chosen]
+        maps = [self.maps[i] for i in chosen]
         return fit_statistics(mode, maps, guides, d.sigma, d.config.score.std_floor)
 
     def cross_fitted(self, mode: str) -> Iterator[tuple[GoodStatistics, np.ndarray]]:
@@ -480,23 +489,33 @@ class _GoodMaps:
         yield self.fit(mode, halves[0]), halves[1]
 
 
-def resolve_normalization(mode: str, xs: np.ndarray) -> str:
-    """``score.normalize`` with ``auto`` resolved on the working-resolution good images
-    ``xs``: ``pixel`` for object-like images (``ssad.inspection.stationarity``), else
-    ``structure``."""
+def resolve_normalization(mode: str, xs: list[np.ndarray]) -> str:
+    """``score.normalize`` with ``auto`` resolved on the working-geometry good images ``xs``:
+    ``pixel`` for object-like images of one size (``ssad.inspection.stationarity``), else
+    ``structure``. ``pixel`` with images of several sizes is a ``ConfigError``."""
+    one_size = len({x.shape for x in xs}) == 1
+    if mode == "pixel" and not one_size:
+        raise ConfigError(
+            "score.normalize=pixel needs images of one size at the working geometry "
+            "(data.resize=square); use structure or global"
+        )
     if mode != "auto":
         return mode
+    if not one_size:
+        return "structure"
     from ssad.inspection import stationarity
 
-    return "structure" if stationarity(xs).texture_like else "pixel"
+    return "structure" if stationarity(np.stack(xs)).texture_like else "pixel"
 
 
-def structure_guides(xs: np.ndarray, sigma: float):
-    """The structure guides of working-resolution images ``xs``, a batch at a time."""
+def structure_guides(xs: list[np.ndarray], sigma: float) -> list[np.ndarray]:
+    """The structure guides of working-geometry images ``xs``, a batch at a time."""
     from ssad.scoring import structure_guide
 
-    for start in range(0, len(xs), 16):
-        yield structure_guide(tf.constant(xs[start : start + 16]), sigma).numpy()
+    guides: list[np.ndarray] = []
+    for batch in _batches(list(xs), 16):
+        guides.extend(structure_guide(tf.constant(np.stack(batch)), sigma).numpy())
+    return guides
 
 
 def calibrate_f1(
@@ -606,9 +625,9 @@ def save_heldout(run_dir: str | os.PathLike, paths: Sequence) -> None:
     atomic_write_text(Path(run_dir) / HELDOUT_FILE, text + "\n")
 
 
-def read_heldout(run_dir: str | os.PathLike) -> np.ndarray:
-    """The held-out good images of a run at its working resolution, ``[n, r, r, 3]`` uint8."""
-    from ssad.data.readers import load_images
+def read_heldout(run_dir: str | os.PathLike) -> list[np.ndarray]:
+    """The held-out good images of a run, each at its own size (float32 in [0, 1])."""
+    from ssad.images import read_image
 
     path = Path(run_dir) / HELDOUT_FILE
     try:
@@ -620,12 +639,10 @@ def read_heldout(run_dir: str | os.PathLike) -> np.ndarray:
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise RunDirError(f"{path}: unreadable list of held-out images ({e})") from None
-    resolution = Config.load(Path(run_dir) / CONFIG_FILE).data.resolution
     try:
-        images, _ = load_images(paths, resolution)
-    except (BadImageError, DataError) as e:
+        return [read_image(p) for p in paths]
+    except BadImageError as e:
         raise RunDirError(f"{path}: a held-out image cannot be read ({e})") from None
-    return images
 
 
 def _check_calibration(calibration, path: Path) -> None:

@@ -4,8 +4,9 @@ report) and ``predict_files`` (any images -> overlays, masks and scores).
 Both stream: images are read, scored and dropped a batch at a time. ``evaluate`` keeps one score
 per image, the fixed-size pixel histograms of ``ssad.metrics.PixelMetrics`` per defect type and
 the gallery's few pictures, so its memory does not grow with the number of test images. Pixel
-metrics are computed at the square working resolution of the (first) run, masks resized with
-nearest-neighbour sampling (``resolution`` to change it).
+metrics are computed at the square working resolution of the (first) run when it squares its
+images, masks resized with nearest-neighbour sampling, else at each image's own size
+(``resolution`` to set a square side).
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ import numpy as np
 
 from ssad import metrics
 from ssad.data.readers import test_samples
-from ssad.detection import Detector, has_masks, is_defective, load_detector, scan
+from ssad.detection import (
+    Detector,
+    has_masks,
+    is_defective,
+    load_detector,
+    metrics_resolution,
+    scan,
+)
 from ssad.errors import BadImageError, DataError
 from ssad.files import atomic_write_text
 from ssad.images import is_image_file, read_image, write_png
@@ -61,7 +69,7 @@ def evaluate(
     samples = test_samples(data_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the long scan
-    resolution = resolution or detector.resolution
+    resolution = resolution or metrics_resolution(detector)
     with_masks = has_masks(samples)
     unmasked = [s.path for s in samples if s.mask_path is None and s.defect != "good"]
     if unmasked and not with_masks and len(unmasked) < len(samples):

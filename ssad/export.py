@@ -1,7 +1,7 @@
 """Export a run as a SavedModel for TF Serving, with the whole detector inside.
 
 ``export(run_dir, export_base)`` writes ``export_base/N/`` (TF Serving's versioned layout). The
-graph holds everything ``Detector`` does: resizing to the working resolution and back, padding
+graph holds everything ``Detector`` does: resizing to the working geometry and back, padding
 to a multiple of 8, the autoencoder, the error maps, smoothing, the good-image statistics, the
 image score, and the stored thresholds, so the
 served model gives the same numbers as ``ssad predict`` with no client-side preprocessing.
@@ -40,7 +40,7 @@ class ServingModule(tf.Module):
     def __init__(self, detector: Detector):
         super().__init__(name="ssad_detector")
         self.model = detector.model
-        self.resolution = detector.resolution
+        self.data = detector.config.data
         self.sigma = detector.sigma
         self.score = detector.config.score
         self.statistics = detector.statistics  # its arrays become constants of the graph
@@ -53,7 +53,7 @@ class ServingModule(tf.Module):
     )
     def serving_default(self, images):
         heatmap, score, reconstruction = anomaly_maps(
-            self.model, images, self.resolution, self.sigma, self.score, self.statistics
+            self.model, images, self.data, self.sigma, self.score, self.statistics
         )
         return {
             "heatmap": heatmap,

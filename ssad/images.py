@@ -88,6 +88,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return decode_image(data, str(path))
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of an image file, from its header when possible."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise BadImageError(path, f"cannot read ({e.strerror or e})") from None
+    size = header_size(data)
+    return size if size is not None else decode_image(data, str(path)).shape[:2]
+
+
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a ground-truth mask as bool ``[h, w]``: any non-zero pixel is a defect."""
     return read_image(path).max(axis=-1) > 0

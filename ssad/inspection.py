@@ -21,8 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ssad.config import DataConfig
+from ssad.data.geometry import describe, resolve_resize
 from ssad.data.readers import Source, load_images, training_image_paths
+from ssad.errors import BadImageError
 from ssad.files import atomic_write_bytes
+from ssad.images import image_size
 
 TEXTURE_MIN_SCORE = 0.75  # from this score on, the data counts as texture-like
 
@@ -99,6 +103,31 @@ def data_stationarity(
     list of files) at ``resolution``; also returns the ``(path, reason)`` of skipped files."""
     images, skipped = load_images(training_image_paths(source), resolution, on_bad_image)
     return stationarity(images), skipped
+
+
+def size_summary(source: Source, resolution: int = 256) -> str:
+    """The sizes and aspects of the training images of ``source`` and the working geometry
+    that ``data.resize=auto`` picks for them at ``resolution`` (unreadable files left out)."""
+    sizes = []
+    for path in training_image_paths(source):
+        try:
+            sizes.append(image_size(path))
+        except BadImageError:
+            continue
+    if not sizes:
+        return "sizes: no readable image"
+    geometry = describe(resolve_resize(DataConfig(resolution=resolution), sizes))
+    distinct = sorted(set(sizes))
+    if len(distinct) == 1:
+        h, w = distinct[0]
+        return f"sizes: all {len(sizes)} images are {w}x{h}; data.resize=auto -> {geometry}"
+    short = np.array([min(hw) for hw in sizes])
+    aspect = np.array([w / h for h, w in sizes])
+    return (
+        f"sizes: {len(distinct)} different among {len(sizes)} images, shorter side "
+        f"{short.min()}-{short.max()} px (median {np.median(short):g}), aspect w/h "
+        f"{aspect.min():.2f}-{aspect.max():.2f}; data.resize=auto -> {geometry}"
+    )
 
 
 def plot_stationarity(result: Stationarity, path: str | os.PathLike, title: str = "") -> Path:

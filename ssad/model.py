@@ -105,3 +105,27 @@ def count_flops(model: keras.Model, height: int, width: int, useful: bool = Fals
             else:
                 flops += 2 * h * w * kh * kw * cin * cout
     return flops
+
+
+def receptive_radius(model: keras.Model) -> int:
+    """Input pixels on each side of a position that its output can depend on (an upper
+    bound): what an overlap between tiles needs for tiled and whole-image results to agree."""
+    reach = {}  # id(tensor) -> (radius in input pixels, input pixels per step of that map)
+    for layer in model.layers:
+        if isinstance(layer, layers.InputLayer):
+            reach[id(layer.output)] = (0.0, 1.0)
+            continue
+        inputs = layer.input if isinstance(layer.input, list) else [layer.input]
+        radius = max(reach[id(t)][0] for t in inputs)
+        jump = reach[id(inputs[0])][1]
+        if isinstance(layer, layers.Conv2DTranspose):
+            jump /= layer.strides[0]
+            radius += layer.kernel_size[0] * jump
+        elif isinstance(layer, layers.Conv2D):
+            radius += (layer.kernel_size[0] - 1) / 2 * layer.dilation_rate[0] * jump
+            jump *= layer.strides[0]
+        elif isinstance(layer, layers.MaxPooling2D):
+            radius += (layer.pool_size[0] - 1) * jump
+            jump *= layer.strides[0]
+        reach[id(layer.output)] = (radius, jump)
+    return int(np.ceil(reach[id(model.outputs[0])][0]))

@@ -172,9 +172,14 @@ def format_table(result: dict) -> str:
         lines.append(name.ljust(first) + "".join(f"  {c:>12}" for c in cells))
     lines.append(
         f"thresholds: pixel {result['threshold']:.6g}, image {result['image_threshold']:.6g}"
-        f" ({result['threshold_method']}); resolution {result['resolution']}"
+        f" ({result['threshold_method']}); metrics at {_where(result)}"
     )
     return "\n".join(lines)
+
+
+def _where(result: dict) -> str:
+    side = result["resolution"]
+    return "each image's own size" if side is None else f"{side}x{side} px"
 
 
 _STYLE = """
@@ -228,8 +233,8 @@ def _html(result: dict, figures: list[str], sections, gallery: Gallery) -> str:
         f"<style>{_STYLE}</style></head><body>",
         "<h1>ssad evaluation</h1>",
         f"<p class='note'>Data: {esc(str(result['data_dir']))}<br>Runs: "
-        f"{esc(', '.join(result['run_dirs']))}<br>{result['n_images']} images at "
-        f"{result['resolution']}&times;{result['resolution']} px, {result['seconds']:.1f} s."
+        f"{esc(', '.join(result['run_dirs']))}<br>{result['n_images']} images, metrics at "
+        f"{_where(result)}, {result['seconds']:.1f} s."
         f" Thresholds: pixel {result['threshold']:.6g}, image {result['image_threshold']:.6g}"
         f" ({esc(result['threshold_method'])}).</p>",
         f"<table><tr><th>defect</th>{head}</tr>{body}</table>",

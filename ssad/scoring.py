@@ -3,8 +3,9 @@
 ``anomaly_maps`` takes float32 images ``[b, h, w, 3]`` in [0, 1] of any size and returns the
 heatmap at the input's size, the image score and the reconstruction:
 
-1. resize to the working resolution, pad to a multiple of 8 (symmetric), run the autoencoder
-   (``inference_forward``), for each test-time augmentation (``score.tta``) of the input;
+1. resize to the working geometry (``ssad.data.geometry``), pad to a multiple of 8
+   (symmetric), run the autoencoder (``reconstruct``: whole, or in overlapping tiles when a
+   side exceeds ``score.tile``), for each test-time augmentation (``score.tta``) of the input;
 2. ``error_maps``: the raw error maps of ``score.map`` (squared error, 1 - MSGMS), averaged
    over the augmentations and Gaussian-smoothed;
 3. normalise them by the good-image statistics (``ssad.statistics``) and average the terms;
@@ -28,7 +29,9 @@ import tensorflow as tf
 from keras import layers, ops
 from keras.activations import linear
 
+from ssad.data.geometry import to_working
 from ssad.layers import dilated_conv2d
+from ssad.model import receptive_radius
 
 # Layers whose ``call`` works in any float dtype (their ``__call__`` would cast to float32).
 _DTYPE_AGNOSTIC = (layers.ReLU, layers.MaxPooling2D, layers.Concatenate)
@@ -153,6 +156,83 @@ def inference_forward(model, images: tf.Tensor, dtype: str = "float32") -> tf.Te
     return tf.cast(values[id(model.outputs[0])], tf.float32)
 
 
+def reconstruct(model, x: tf.Tensor, dtype: str = "float32", tile: int = 0) -> tf.Tensor:
+    """The model's reconstruction of ``x [b, h, w, 3]`` (any h and w: padded to multiples of
+    8, cropped back).
+
+    ``tile`` > 0: an image with a side above ``tile`` pixels is processed in overlapping tiles
+    of at most ``tile`` x ``tile`` (bounded memory for any image size), blended with smooth
+    weights that are zero within ``margin`` pixels of a tile's inner edges; ``margin`` is the
+    model's receptive radius (``ssad.model.receptive_radius``), at most ``tile / 8``. Where the
+    radius fits in the margin the result equals the whole-image one; tile offsets are
+    multiples of 8, so poolings see the same grid.
+    """
+    size = tf.shape(x)[1:3]
+    padded = pad_to_multiple(x)
+    if tile <= 0:
+        return inference_forward(model, padded, dtype)[:, : size[0], : size[1], :]
+    tile = tile // 8 * 8
+    margin = min(_round_up(receptive_radius(model), 8), tile // 8 // 8 * 8)
+    ramp = max(8, tile // 8 // 8 * 8)
+    height, width = _dim(padded, 1), _dim(padded, 2)
+    th, tw = _min(tile, height), _min(tile, width)
+    starts_h = _tile_starts(height, th, tile - 2 * margin - ramp)
+    starts_w = _tile_starts(width, tw, tile - 2 * margin - ramp)
+    n_w = tf.size(starts_w)
+
+    def body(i, total, weight):
+        top, left = starts_h[i // n_w], starts_w[i % n_w]
+        part = tf.slice(padded, tf.stack([0, top, left, 0]), [-1, th, tw, 3])
+        w = (_edge_weights(top, th, height, margin, ramp)[:, None]
+             * _edge_weights(left, tw, width, margin, ramp)[None, :])  # fmt: skip
+        out = inference_forward(model, part, dtype) * w[None, :, :, None]
+        where = [[0, 0], [top, height - top - th], [left, width - left - tw], [0, 0]]
+        return i + 1, total + tf.pad(out, where), weight + tf.pad(w, where[1:3])
+
+    zeros = tf.zeros_like(padded)
+    _, total, weight = tf.while_loop(
+        lambda i, *_: i < tf.size(starts_h) * n_w,
+        body,
+        [tf.constant(0), zeros, zeros[0, :, :, 0]],
+    )
+    return (total / weight[None, :, :, None])[:, : size[0], : size[1], :]
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _dim(t: tf.Tensor, axis: int):
+    """``t``'s size along ``axis``: a Python int when static, else a scalar tensor."""
+    return t.shape[axis] if t.shape[axis] is not None else tf.shape(t)[axis]
+
+
+def _min(a, b):
+    return min(a, b) if isinstance(b, int) else tf.minimum(a, b)
+
+
+def _tile_starts(length, tile, stride: int) -> tf.Tensor:
+    """Start offsets (multiples of 8) of tiles of ``tile`` covering ``length`` with steps of
+    ``stride``; the last tile ends at ``length``."""
+    length, tile = tf.convert_to_tensor(length), tf.convert_to_tensor(tile)
+    n = 1 + tf.maximum(0, -(-(length - tile) // stride))
+    return tf.minimum(tf.range(n) * stride, length - tile)
+
+
+def _edge_weights(start, tile, length, margin: int, ramp: int) -> tf.Tensor:
+    """Blending weights ``[tile]`` along one axis: 0 for ``margin`` pixels from an inner
+    edge, rising as a raised cosine over ``ramp`` pixels, 1 elsewhere and at image borders."""
+    pos = tf.cast(tf.range(tile), tf.float32)
+
+    def rise(distance):
+        u = tf.clip_by_value((distance - margin) / ramp, 0.0, 1.0)
+        return 0.5 - 0.5 * tf.cos(math.pi * u)
+
+    before = tf.where(start > 0, rise(pos), 1.0)
+    after = tf.where(start + tile < length, rise(tf.cast(tile, tf.float32) - 1.0 - pos), 1.0)
+    return before * after
+
+
 # -- error maps -----------------------------------------------------------------------------------
 
 # Prewitt kernels [3, 3, 1, 2] for d/dx and d/dy. NumPy, not a tf.constant: creating a tensor
@@ -240,20 +320,16 @@ def tta_transforms(mode: str) -> list[tuple]:
 def raw_maps(model, x: tf.Tensor, score, sigma: float, dtype: str = "float32"):
     """``(smoothed raw maps [b, h, w, m], reconstruction [b, h, w, 3])`` of working-resolution
     images ``x``, averaged over the test-time augmentations of ``score.tta``."""
-    work = tf.shape(x)[1:3]
     total, recon = 0.0, None
     transforms = tta_transforms(score.tta)
     for forward, inverse in transforms:
         xt = forward(x)
-        size = tf.shape(xt)[1:3]
-        rt = inference_forward(model, pad_to_multiple(xt), dtype)[:, : size[0], : size[1], :]
+        rt = reconstruct(model, xt, dtype, score.tile)
         total += inverse(error_maps(rt, xt, score.map_terms))
         if recon is None:
-            recon = rt
+            recon = rt  # the identity transform comes first
     maps = gaussian_smooth(total / len(transforms), sigma)
-    return tf.ensure_shape(maps, [None, None, None, len(score.map_terms)]), recon[
-        :, : work[0], : work[1]
-    ]
+    return tf.ensure_shape(maps, [None, None, None, len(score.map_terms)]), recon
 
 
 # -- image score ----------------------------------------------------------------------------------
@@ -273,17 +349,10 @@ def image_score(heatmap: tf.Tensor, score, k_px: int) -> tf.Tensor:
     return tf.reduce_mean(tf.math.top_k(flat, k).values, axis=1)
 
 
-def to_working_resolution(images: tf.Tensor, resolution: int | None) -> tf.Tensor:
-    """``images`` resized (antialiased) to the square working resolution (``None``: as is)."""
-    if resolution is None:
-        return images
-    return tf.image.resize(images, (resolution, resolution), method="bilinear", antialias=True)
-
-
 def anomaly_maps(
     model,
     images: tf.Tensor,
-    resolution: int | None,
+    data,
     sigma: float,
     score=None,
     statistics=None,
@@ -291,8 +360,9 @@ def anomaly_maps(
 ):
     """``(heatmap [b, h, w], score [b], reconstruction [b, h, w, 3])`` for ``images``.
 
-    ``resolution``: side of the working resolution the model was trained at (``None`` runs
-    at the input's own size); ``sigma``: heatmap smoothing in pixels at that resolution;
+    ``data``: the run's ``DataConfig``, whose working geometry (``ssad.data.geometry``) the
+    model runs at (``None``: the input's own size); ``sigma``: heatmap smoothing in pixels at
+    the working scale;
     ``score``: the ``ScoreConfig`` (default: squared error, image maximum, no TTA);
     ``statistics``: ``ssad.statistics.GoodStatistics`` to normalise by (``None``: raw maps);
     ``dtype``: compute dtype of the autoencoder (``"bfloat16"`` is faster on CPUs with AMX or
@@ -304,12 +374,12 @@ def anomaly_maps(
     score = score or ScoreConfig(map="squared", normalize="none", image="max")
     images = tf.convert_to_tensor(images, tf.float32)
     size = tf.shape(images)[1:3]
-    x = to_working_resolution(images, resolution)
+    x = to_working(images, data)
     maps, recon = raw_maps(model, x, score, sigma, dtype)
     heat = normalized_heatmap(maps, x, statistics, sigma)
-    k_px = max(1, round(score.image_k * (resolution or 256) / 256))
+    k_px = max(1, round(score.image_k * (256 if data is None else data.resolution) / 256))
     image = image_score(heat, score, k_px)
-    if resolution is not None:
+    if x is not images:
         heat = tf.image.resize(heat[..., None], size, method="bilinear")[..., 0]
         recon = tf.image.resize(recon, size, method="bilinear")
     return heat, image, recon

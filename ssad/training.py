@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,10 +49,13 @@ from ssad.callbacks import (
 )
 from ssad.config import Config
 from ssad.data import train_dataset, validation_dataset
-from ssad.data.readers import load_images, training_image_paths
+from ssad.data.geometry import describe
+from ssad.data.pipeline import centre_crops
+from ssad.data.readers import load_working_images, training_image_paths
 from ssad.detection import calibrate_on_good, save_calibration, save_heldout
 from ssad.errors import ConfigError, DataError, RunDirError
 from ssad.files import atomic_path, atomic_write_text
+from ssad.images import read_image
 from ssad.losses import objective_for
 from ssad.model import build_autoencoder, init_output_bias
 from ssad.precision import POLICIES, resolve_precision
@@ -109,6 +113,7 @@ def training_config(
     objective: int | None = None,
     lam: float | None = None,
     image_size: int | None = None,
+    resize: str | None = None,
     steps: int | None = None,
     max_minutes: float | None = None,
     batch_size: int | None = None,
@@ -131,6 +136,7 @@ def training_config(
             "train.mixed_precision": mixed_precision,
             "train.strategy": strategy,
             "train.seed": seed,
+            "data.resize": resize,
         }
     )
     stages, data = cfg.train.stages, cfg.data
@@ -212,17 +218,24 @@ def train(
     chief = _is_chief(strategy)
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoints" / "last.npz"
+    _refuse_finished_run(run_dir, cfg, resume)
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails before reading
+
+    images, geometry, paths, _ = load_working_images(
+        training_image_paths(data), cfg.data, cfg.data.on_bad_image
+    )
+    cfg = replace(cfg, data=geometry)  # data.resize and data.scale resolved
+    if verbose:
+        print(f"working geometry: {describe(geometry)}", flush=True)
+    plans = _fit_crops(plans, min(min(x.shape[:2]) for x in images))
     _prepare_run_dir(run_dir, cfg, resume, chief)
 
     keras.utils.set_random_seed(cfg.train.seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
-    paths = training_image_paths(data)
-    images, skipped = load_images(paths, cfg.data.resolution, cfg.data.on_bad_image)
-    bad = {str(p) for p, _ in skipped}
-    paths = [p for p in paths if str(p) not in bad]
     kept, heldout = _validation_order(len(images), cfg.data.validation_fraction, cfg.train.seed)
-    train_images, val_images = images[kept], images[heldout]
+    train_images, val_images = _take(images, kept), _take(images, heldout)
     loss = objective_for(cfg.train.objective, cfg.train.lam, cfg.train.norm)
 
     previous_policy = keras.mixed_precision.global_policy()
@@ -273,13 +286,15 @@ def train(
 
     final = build_autoencoder(cfg.model)  # float32, outside the strategy
     final.set_weights(model.get_weights())
-    recalibrate_batch_norm(final, train_images, seed=cfg.train.seed)
-    calibration, statistics = calibrate_on_good(final, val_images, cfg)
+    recalibrate_batch_norm(final, _same_size(train_images, plans[-1].crop), seed=cfg.train.seed)
+    # thresholds from the held-out files as a user's images arrive: at their own size
+    heldout_paths = [paths[i] for i in heldout]
+    calibration, statistics = calibrate_on_good(final, [read_image(p) for p in heldout_paths], cfg)
     if chief:
         with atomic_path(run_dir / "model.keras") as tmp:
             final.save(tmp)
         atomic_write_text(run_dir / "history.json", json.dumps(state.history, indent=1) + "\n")
-        save_heldout(run_dir, [paths[i] for i in heldout])
+        save_heldout(run_dir, heldout_paths)
         save_calibration(run_dir, calibration, statistics)
         state.done = True
         save_checkpoint(ckpt_path, model, state, chief)
@@ -350,7 +365,7 @@ def _fit_stage(session: _Session, plan: StagePlan) -> None:
     limit = StageLimit(
         state, plan, session.clock, ckpt_path, _any_worker(strategy) if multiworker else None
     )
-    probe = RepairProbe(_centre_crops(session.val_images[:10], plan.crop), seed=cfg.train.seed)
+    probe = RepairProbe(centre_crops(session.val_images[:10], plan.crop), seed=cfg.train.seed)
     cbs = [LearningRate(state, cfg.train, session.clock), limit, Validation(val, session.loss)]
     cbs.append(probe)
     if cfg.train.patience:
@@ -401,15 +416,37 @@ def _validation_order(n: int, fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _centre_crops(images: np.ndarray, crop: int) -> np.ndarray:
-    """Centre crops of side ``crop`` of ``images`` ``[n, h, w, 3]``."""
-    top, left = (images.shape[1] - crop) // 2, (images.shape[2] - crop) // 2
-    return images[:, top : top + crop, left : left + crop]
+def _take(images, index: np.ndarray):
+    """``images[index]`` for an array or a list."""
+    return images[index] if isinstance(images, np.ndarray) else [images[i] for i in index]
 
 
-def _mean_colour(images: np.ndarray) -> np.ndarray:
-    """Mean RGB of uint8 ``images`` ``[n, h, w, 3]``, in [0, 1]."""
-    return images.reshape(-1, 3).mean(axis=0, dtype=np.float64) / 255.0
+def _same_size(images, crop: int) -> np.ndarray:
+    """``images`` as one array: as they are when they share a size, else centre crops."""
+    return images if isinstance(images, np.ndarray) else centre_crops(images, crop)
+
+
+def _fit_crops(plans: list[StagePlan], smallest: int) -> list[StagePlan]:
+    """``plans`` with each stage crop clipped to the smallest image side (a warning each):
+    crops never cross an image's border."""
+    fitted = []
+    for plan in plans:
+        if plan.crop > smallest:
+            crop = smallest // 8 * 8
+            warnings.warn(
+                f"{plan.name}: the smallest training image has a side of {smallest} px at the "
+                f"working scale; this stage trains on {crop}px crops instead",
+                stacklevel=3,
+            )
+            plan = replace(plan, crop=crop)
+        fitted.append(plan)
+    return fitted
+
+
+def _mean_colour(images) -> np.ndarray:
+    """Mean RGB in [0, 1] over all pixels of ``images`` (an array or a list of any sizes)."""
+    total = sum(x.reshape(-1, 3).astype(np.float64).sum(axis=0) for x in images)
+    return total / sum(x.shape[0] * x.shape[1] for x in images) / 255.0
 
 
 class _MultiWorkerModel(keras.Model):
@@ -455,9 +492,10 @@ def _any_worker(strategy: tf.distribute.Strategy):
     return lambda flag: bool(count(tf.constant(1.0 if flag else 0.0)) > 0)
 
 
-def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, chief: bool) -> None:
-    """Create ``run_dir`` and save the effective config; refuse to resume with another one."""
-    config_path, ckpt_path = run_dir / "config.json", run_dir / "checkpoints" / "last.npz"
+def _refuse_finished_run(run_dir: Path, cfg: Config, resume: bool) -> None:
+    """Raise ``RunDirError`` when ``run_dir`` holds a finished run that ``cfg`` does not
+    give a longer time budget."""
+    ckpt_path = run_dir / "checkpoints" / "last.npz"
     if resume and ckpt_path.exists():
         state = read_state(ckpt_path)
         t = cfg.train
@@ -468,6 +506,11 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, chief: bool) -> N
                 "give a larger --max-minutes (and no --steps) to train it longer, or choose "
                 "another --out"
             )
+
+
+def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, chief: bool) -> None:
+    """Create ``run_dir`` and save the effective config; refuse to resume with another one."""
+    config_path, ckpt_path = run_dir / "config.json", run_dir / "checkpoints" / "last.npz"
     if resume and ckpt_path.exists() and config_path.exists():
         old = Config.load(config_path).to_dict()
         new = cfg.to_dict()

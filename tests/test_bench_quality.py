@@ -174,3 +174,43 @@ def test_score_sweep_matches_evaluate_and_rescores_from_the_held_out_images(tmp_
     assert [json.loads(line) for line in results.read_text().splitlines()] == rows
     table = score_sweep.table(rows)
     assert "| map=squared, normalize=none, sigma=1 |" in table and "brick" in table
+
+
+def test_quality_curve_plots_the_last_row_per_budget(tmp_path):
+    from bench import quality_curve
+
+    rows = [
+        ("tire", "objective1", 10, 0.5), ("tire", "plain-ae", 10, 0.6),
+        ("tire", "objective1", 30, 0.7), ("tire", "objective1", 30, 0.75),  # a rerun: last wins
+        ("bottle", "objective1", 10, 0.9), ("bottle", "objective2", 10, 0.1),  # not plotted
+    ]  # fmt: skip
+    results = tmp_path / "rows.jsonl"
+    results.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "dataset": d,
+                    "variant": v,
+                    "minutes": m,
+                    "steps": 10 * m,
+                    "image_auroc": x,
+                    "pixel_auroc": x,
+                    "aupro": x,
+                    "preset": "texture",
+                    "overrides": {},
+                }
+            )
+            + "\n"
+            for d, v, m, x in rows
+        )  # fmt: skip
+    )
+    got = quality_curve.main(["--results", str(results), "--out-dir", str(tmp_path / "png")])
+    assert got == {
+        "tire": {
+            "objective1": [[10, 100, 0.5, 0.5, 0.5], [30, 300, 0.75, 0.75, 0.75]],
+            "plain-ae": [[10, 100, 0.6, 0.6, 0.6]],
+        },
+        "bottle": {"objective1": [[10, 100, 0.9, 0.9, 0.9]]},
+    }
+    for name in ("tire", "bottle"):
+        assert (tmp_path / "png" / f"quality_{name}.png").read_bytes()[:4] == b"\x89PNG"

@@ -123,7 +123,7 @@ def test_outside_ssad_both_signatures_match_detector(served, run_dir):
     for i, (h, w) in enumerate(SIZES):
         images = inputs[f"images{i}"]
         want = detector.predict(images)
-        _, _, recon = anomaly_maps(detector.model, images, detector.resolution, detector.sigma)
+        _, _, recon = anomaly_maps(detector.model, images, detector.config.data, detector.sigma)
         assert want["mask"].any() and not want["mask"].all()
         for source, rows in (("array", [0, 1]), ("bytes", [0, 0])):
             got = {key: out[f"{source}{i}_{key}"] for key in want}

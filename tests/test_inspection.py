@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from ssad.cli import main
 from ssad.demo_data import make_demo_data
 from ssad.images import read_image, write_png
-from ssad.inspection import data_stationarity, stationarity
+from ssad.inspection import data_stationarity, size_summary, stationarity
 
 
 def test_maps_equal_brute_force_over_all_windows():
@@ -62,5 +62,16 @@ def test_cli_prints_verdict_and_saves_maps(tmp_path):
     result = CliRunner().invoke(main, [*args, "--skip-bad"])
     assert result.exit_code == 0, result.output
     assert "4 training images at 32 px" in result.output
+    assert "sizes: all 4 images are 64x64; data.resize=auto -> square" in result.output
     assert "use --preset object" in result.output
     assert read_image(out).shape[2] == 3
+
+
+def test_size_summary_reports_sizes_aspects_and_what_auto_picks(tmp_path):
+    for i, (h, w) in enumerate([(50, 100), (80, 40), (120, 120)]):
+        write_png(tmp_path / f"{i}.png", np.zeros((h, w, 3)))
+    (tmp_path / "broken.png").write_bytes(b"not an image")  # left out
+    assert size_summary(tmp_path, 64) == (
+        "sizes: 3 different among 3 images, shorter side 40-120 px (median 50), aspect w/h "
+        "0.50-2.00; data.resize=auto -> scale: every image resized by 1.28, keeping its aspect"
+    )

@@ -97,8 +97,9 @@ def test_folder_source_with_a_file_cache(tmp_path):
 
 
 def test_bad_arguments():
-    images = np.zeros((2, 32, 32, 3), np.uint8)
-    with pytest.raises(ValueError, match="64, 64, 3"):
-        ssad.data.train_dataset(images, TINY, 32, 2)
+    with pytest.raises(ValueError, match=r"\[n, h, w, 3\], got \(2, 32, 32\)"):
+        ssad.data.train_dataset(np.zeros((2, 32, 32), np.uint8), TINY, 32, 2)
+    with pytest.raises(ValueError, match=r"in \[8, 32\] \(the smallest image side\)"):
+        ssad.data.train_dataset(np.zeros((2, 32, 48, 3), np.uint8), TINY, 40, 2)
     with pytest.raises(ValueError, match="crop_size"):
         ssad.data.train_dataset(_coded_images(), TINY, 36, 2)

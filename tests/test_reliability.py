@@ -269,9 +269,14 @@ def test_config_with_an_unknown_key(corpus, tmp_path):
 
 def test_train_refuses_bad_inputs_before_training(corpus, tmp_path, a_file):
     data = bad_category(corpus, tmp_path)
+    args = ["--preset", "tiny", "--steps", "2"]
+    # images of several sizes keep their aspect at one scale: a 1x1 image is too small there
+    tiny = data / "train" / "good" / "one pixel.png"
+    line = assert_one_error(ssad("train", data, "--out", tmp_path / "run", *args), tiny)
+    assert "too small: 1x1 pixels" in line
+    tiny.unlink()
     bad = data / "train" / "good" / "truncated.png"
     shutil.copy(corpus["bad"] / "truncated.png", bad)
-    args = ["--preset", "tiny", "--steps", "2"]
     assert_one_error(ssad("train", data, "--out", tmp_path / "run", *args), bad)
     assert_one_error(ssad("train", corpus["empty"], "--out", tmp_path / "run2", *args))
     result = ssad("train", data, "--out", a_file / "run", *args)

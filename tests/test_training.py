@@ -89,8 +89,10 @@ def test_cli_tiny_run_writes_every_run_dir_file(images, tmp_path):
     expected = training_config(Config.preset("tiny"), steps=4)
     precision = resolve_precision("auto")[0]  # the saved config holds what auto chose
     assert precision in result.output
-    expected = expected.override({"train.mixed_precision": precision})
+    # ... and the working geometry auto chose: images of one size are squared
+    expected = expected.override({"train.mixed_precision": precision, "data.resize": "square"})
     assert Config.load(run / "config.json") == expected
+    assert "working geometry: square: every image resized to 64x64" in result.output
     heldout = json.loads((run / "heldout.json").read_text())["paths"]
     assert len(heldout) == 1 and Path(heldout[0]).parent == images  # 0.2 of 6 images
     history = json.loads((run / "history.json").read_text())
@@ -299,6 +301,9 @@ def test_training_config_applies_the_cli_options():
     assert cfg.data.resolution == 128
     assert [(s.crop, s.batch_size) for s in cfg.train.stages] == [(64, 3), (128, 3)]
     assert (cfg.train.objective, cfg.train.lam, cfg.train.seed) == (2, 0.25, 5)
+    assert cfg.data.resize == "auto" and training_config(base, resize="native").data.resize == (
+        "native"
+    )
     small = training_config(base, image_size=16)
     assert [s.crop for s in small.train.stages] == [8, 16]
     timed = training_config(base, max_minutes=2.5)

@@ -19,6 +19,7 @@ SECTIONS = {
     "eval-memory": "eval_memory",
     "quality": "quality",
     "quality-table": "quality_table",
+    "quality-curve": "quality_curve",
 }
 
 

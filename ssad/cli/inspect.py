@@ -20,10 +20,11 @@ from ssad.cli._common import command
 def inspect(data_dir: str, resolution: int, out: str | None, skip_bad: bool) -> None:
     """Check whether every pixel position of the training images has the same distribution.
 
-    Prints a stationarity score (1 = the same everywhere, as for textures), a verdict with the
-    preset to train with, and saves the per-position mean and std maps.
+    Prints the images' sizes and aspects with the working geometry training will pick, a
+    stationarity score (1 = the same everywhere, as for textures), a verdict with the preset
+    to train with, and saves the per-position mean and std maps.
     """
-    from ssad.inspection import data_stationarity, plot_stationarity
+    from ssad.inspection import data_stationarity, plot_stationarity, size_summary
 
     name = Path(data_dir).resolve().name
     result, skipped = data_stationarity(
@@ -36,6 +37,7 @@ def inspect(data_dir: str, resolution: int, out: str | None, skip_bad: bool) -> 
         f"{result.n_images} training images at {result.resolution} px, "
         f"windows of {result.mean.shape[0]} px"
     )
+    click.echo(size_summary(data_dir, resolution))
     click.echo(f"stationarity score: {result.score:.2f} (1 = same statistics at every position)")
     click.echo(f"verdict: {result.verdict}")
     click.echo(f"maps: {out_path}")

@@ -17,11 +17,18 @@ from ssad.cli._common import command
     help="Which scikit-image texture photograph to cut.",
 )
 @click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same files).")
-def make_demo_data(out: str, texture: str, seed: int, skip_bad: bool) -> None:
+@click.option(
+    "--shapes",
+    type=click.Choice(["square", "varied"]),
+    default="square",
+    show_default=True,
+    help="square: 128-px crops; varied: crops of random size and aspect at one pixel scale.",
+)
+def make_demo_data(out: str, texture: str, seed: int, shapes: str, skip_bad: bool) -> None:
     """Write crops of a texture photo to OUT: train/good, test/good, test/<defect>, masks."""
     from ssad.demo_data import make_demo_data as make
 
-    path = make(out, texture=texture, seed=seed)
+    path = make(out, texture=texture, seed=seed, shapes=shapes)
     counts = {p.name: sum(1 for _ in p.iterdir()) for p in sorted((path / "test").iterdir())}
     n_train = sum(1 for _ in (path / "train" / "good").iterdir())
     tests = ", ".join(f"{name} {n}" for name, n in counts.items())

@@ -17,6 +17,12 @@ from ssad.cli._common import command
 @click.option("--objective", type=click.IntRange(0, 2), help="1, 2: eq. (1), (2); 0: plain AE.")
 @click.option("--lam", type=click.FloatRange(0, 1), help="Weight lambda of the objective.")
 @click.option("--image-size", type=int, help="Working resolution (stage crops scale with it).")
+@click.option(
+    "--resize",
+    type=click.Choice(["auto", "square", "scale", "native"]),
+    help="Working geometry: auto (default) squares same-sized images, else keeps the aspect "
+    "at one scale (median shorter side -> --image-size).",
+)
 @click.option("--steps", type=click.IntRange(min=1), help="Total optimisation steps.")
 @click.option(
     "--max-minutes",
@@ -47,7 +53,8 @@ def train(
     """Train on the defect-free images in DATA_DIR (an MVTec AD category or a folder).
 
     Options override the preset or config file; the effective config is saved in the run
-    directory. Run the same command again to resume a run that was stopped.
+    directory. Run the same command again to resume a run that was stopped, or with a larger
+    --max-minutes to train a finished run longer.
     """
     from ssad.config import Config
     from ssad.training import train as run_training

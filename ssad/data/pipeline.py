@@ -1,11 +1,11 @@
 """The ``tf.data`` pipelines that feed ``model.fit``: ``(x_hat, pack_targets(x, x_hat, mask))``.
 
-Training: decoded images (uint8, working resolution) held in memory or in a tf.data file
-cache -> repeat -> shuffle -> a random crop of ``crop_size`` at the working resolution's pixel
-scale (this is what makes progressive sizes possible) -> 90-degree rotations and flips as
-configured -> batch -> distortion (batched, which is much faster than per image) -> targets ->
-prefetch. Every random choice is stateless, seeded from ``seed`` and the element's index, so a
-seed gives the same stream every time.
+Training: decoded images (uint8, at the working geometry of ``ssad.data.geometry``) held in
+memory or in a tf.data file cache -> repeat -> shuffle -> a random crop of ``crop_size`` inside
+the image, at the working pixel scale (this is what makes progressive sizes possible) ->
+90-degree rotations and flips as configured -> batch -> distortion (batched, which is much
+faster than per image) -> targets -> prefetch. Every random choice is stateless, seeded from
+``seed`` and the element's index, so a seed gives the same stream every time.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import tensorflow as tf
 
 from ssad.config import Config
 from ssad.data.distort import distort as distort_batch
-from ssad.data.readers import load_images, training_image_paths
+from ssad.data.geometry import resolve_resize, working_size
+from ssad.data.readers import load_working_images, training_image_paths
+from ssad.images import image_size
 from ssad.losses import pack_targets
 
 _SHUFFLE_BUFFER = 256  # images
@@ -35,13 +37,14 @@ def train_dataset(
 ) -> tf.data.Dataset:
     """An endless stream of float32 batches ``(x_hat [b, c, c, 3], targets [b, c, c, 9])``.
 
-    ``source``: a folder or list of image files (read at ``config.data.resolution``), or an
-    array ``[n, res, res, 3]`` already at the working resolution (uint8, or float in [0, 1]).
+    ``source``: a folder or list of image files (read at the working geometry of
+    ``config.data``), an array ``[n, h, w, 3]`` or a list of arrays ``[h, w, 3]`` (any sizes)
+    already at the working geometry (uint8, or float in [0, 1]). Crops never cross an image's
+    border, so every image's smaller side must be at least ``crop_size``.
     ``distort=False`` (or ``distortion.kind == "none"``) gives x_hat = x and a zero mask.
     """
-    images, count = _image_dataset(source, config)
-    res = config.data.resolution
-    _check_crop(crop_size, res)
+    images, count, smallest = _image_dataset(source, config)
+    _check_crop(crop_size, smallest)
     ds = images.repeat().shuffle(
         min(count, _SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=False
     )
@@ -53,7 +56,7 @@ def train_dataset(
 
 
 def validation_dataset(
-    images: np.ndarray,
+    images,
     config: Config,
     crop_size: int,
     batch_size: int,
@@ -61,58 +64,78 @@ def validation_dataset(
     seed: int = 0,
     distort: bool = True,
 ) -> tf.data.Dataset:
-    """One pass over ``images`` ``[n, res, res, 3]``: centre crops of ``crop_size`` with the
-    same distortions every time it is iterated; same elements as ``train_dataset``."""
-    _check_crop(crop_size, images.shape[1])
-    ds = tf.data.Dataset.from_tensor_slices(images).map(
-        lambda image: _to_float(_centre_crop(image, crop_size)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    """One pass over ``images`` (``[n, h, w, 3]`` or a list of ``[h, w, 3]``): centre crops of
+    ``crop_size`` with the same distortions every time it is iterated; same elements as
+    ``train_dataset``."""
+    crops = centre_crops(images, crop_size)
+    ds = tf.data.Dataset.from_tensor_slices(crops).map(_to_float)
     return _finish(ds.batch(batch_size), config, seed, distort)
 
 
-def _image_dataset(source, config: Config) -> tuple[tf.data.Dataset, int]:
-    """The decoded working-resolution images, cached as configured, and their count."""
-    res = config.data.resolution
+def centre_crops(images, crop_size: int) -> np.ndarray:
+    """Centre crops ``[n, c, c, 3]`` of ``images`` (an array or a list of any sizes)."""
+    _check_crop(crop_size, min(min(x.shape[:2]) for x in images))
+    crops = []
+    for x in images:
+        top, left = (x.shape[0] - crop_size) // 2, (x.shape[1] - crop_size) // 2
+        crops.append(x[top : top + crop_size, left : left + crop_size])
+    return np.stack(crops)
+
+
+def _image_dataset(source, config: Config) -> tuple[tf.data.Dataset, int, int]:
+    """The decoded working-geometry images, cached as configured, their count and the
+    smallest side among them."""
     if isinstance(source, np.ndarray):
-        if source.ndim != 4 or source.shape[1:] != (res, res, 3):
-            raise ValueError(f"expected images [n, {res}, {res}, 3], got {source.shape}")
-        return tf.data.Dataset.from_tensor_slices(source), len(source)
+        if source.ndim != 4 or source.shape[-1] != 3:
+            raise ValueError(f"expected images [n, h, w, 3], got {source.shape}")
+        return tf.data.Dataset.from_tensor_slices(source), len(source), min(source.shape[1:3])
+    if isinstance(source, (list, tuple)) and source and isinstance(source[0], np.ndarray):
+        return _ragged(source), len(source), min(min(x.shape[:2]) for x in source)
     paths = training_image_paths(source)
     if config.data.cache == "memory":
-        images, _ = load_images(paths, res, config.data.on_bad_image)
-        return tf.data.Dataset.from_tensor_slices(images), len(images)
-    return _file_cached(paths, res, config), len(paths)
+        images, _, _, _ = load_working_images(paths, config.data, config.data.on_bad_image)
+        return _image_dataset(images if isinstance(images, np.ndarray) else list(images), config)
+    data = resolve_resize(config.data, [image_size(p) for p in paths])
+    sizes = [working_size(*image_size(p), data) for p in paths]
+    return _file_cached(paths, data, config), len(paths), min(min(s) for s in sizes)
 
 
-def _file_cached(paths: Sequence[os.PathLike], res: int, config: Config) -> tf.data.Dataset:
+def _ragged(images: Sequence[np.ndarray]) -> tf.data.Dataset:
+    """Images of different sizes as one dataset (their pixels in one ragged tensor)."""
+    pixels = tf.RaggedTensor.from_row_lengths(
+        np.concatenate([x.reshape(-1, 3) for x in images]),
+        [x.shape[0] * x.shape[1] for x in images],
+    )
+    shapes = np.array([x.shape[:2] for x in images], np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((pixels, shapes))
+    return ds.map(lambda p, hw: tf.reshape(p, [hw[0], hw[1], 3]))
+
+
+def _file_cached(paths: Sequence[os.PathLike], data, config: Config) -> tf.data.Dataset:
     """Images decoded one at a time on the first pass, then read from the file cache named by
     ``config.data.cache`` (reused by later runs while the file exists)."""
 
     def decoded():
         for path in paths:
-            images, _ = load_images([path], res, config.data.on_bad_image)
+            images, _, _, _ = load_working_images([path], data, config.data.on_bad_image)
             yield from images
 
-    spec = tf.TensorSpec((res, res, 3), tf.uint8)
+    spec = tf.TensorSpec((None, None, 3), tf.uint8)
     return tf.data.Dataset.from_generator(decoded, output_signature=spec).cache(config.data.cache)
 
 
-def _check_crop(crop_size: int, res: int) -> None:
-    if not 8 <= crop_size <= res or crop_size % 8:
-        raise ValueError(f"crop_size must be a multiple of 8 in [8, {res}], got {crop_size}")
+def _check_crop(crop_size: int, smallest: int) -> None:
+    if not 8 <= crop_size <= smallest or crop_size % 8:
+        raise ValueError(
+            f"crop_size must be a multiple of 8 in [8, {smallest}] (the smallest image side), "
+            f"got {crop_size}"
+        )
 
 
 def _to_float(image):
     if image.dtype == tf.uint8:
         return tf.cast(image, tf.float32) / 255.0
     return tf.cast(image, tf.float32)
-
-
-def _centre_crop(image, crop_size: int):
-    top = (tf.shape(image)[0] - crop_size) // 2
-    left = (tf.shape(image)[1] - crop_size) // 2
-    return image[top : top + crop_size, left : left + crop_size]
 
 
 def _augment(image, crop_size: int, config: Config, seed):
@@ -129,7 +152,7 @@ def _augment(image, crop_size: int, config: Config, seed):
 
 def _finish(batches: tf.data.Dataset, config: Config, seed: int, distort: bool):
     """Distort each batch (seeded by its index) and pack the targets; prefetch."""
-    res = config.data.resolution
+    res = config.data.resolution  # distortion sizes are in pixels at 256: scaled to this
 
     def corrupt(i, x):
         if distort and config.distortion.kind != "none":

@@ -1,7 +1,8 @@
 """Finding and reading the images of a data set: the MVTec AD layout or a plain folder.
 
-Training: ``training_image_paths`` lists the defect-free images, ``load_images`` decodes them to
-one uint8 array at the square working resolution. Evaluation: ``test_samples`` lists images
+Training: ``training_image_paths`` lists the defect-free images, ``load_working_images`` decodes
+them at the working geometry (``ssad.data.geometry``), ``load_images`` to one uint8 array at a
+square resolution. Evaluation: ``test_samples`` lists images
 with their defect class and mask file, and ``read_sample`` reads one at a time (bounded memory
 for any number of test images). All decoding goes through ``ssad.images``.
 """
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ssad.config import DataConfig
+from ssad.data.geometry import MIN_SIDE, mode_of, resolve_resize, working_size
 from ssad.errors import BadImageError, DataError
-from ssad.images import is_image_file, list_images, read_image, read_mask, resize
+from ssad.images import image_size, is_image_file, list_images, read_image, read_mask, resize
 
 Source = str | os.PathLike | Sequence[str | os.PathLike]
 
@@ -76,6 +79,57 @@ def load_images(
     if n == 0 and paths:
         raise DataError(f"none of the {len(paths)} images could be read")
     return images[:n], skipped
+
+
+def load_working_images(
+    paths: Sequence[str | os.PathLike], data: DataConfig, on_bad_image: str = "error"
+) -> tuple[np.ndarray | list[np.ndarray], DataConfig, list[Path], list[tuple[str, str]]]:
+    """Decode ``paths`` at the working geometry of ``data`` (``ssad.data.geometry``).
+
+    Returns ``(images, data, kept, skipped)``: uint8 images (one array when all have one size,
+    else a list), ``data`` with ``resize`` and ``scale`` resolved from the images' sizes, the
+    paths that were read and the ``(path, reason)`` of skipped ones (see :func:`load_images`).
+    At ``scale`` and ``native`` an image smaller than ``MIN_SIDE`` pixels is a bad image.
+    """
+    if on_bad_image not in ("error", "skip"):
+        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    skipped: list[tuple[str, str]] = []
+
+    def bad(e: BadImageError) -> None:
+        if on_bad_image == "error":
+            raise e
+        warnings.warn(f"skipping {e}", stacklevel=3)
+        skipped.append((e.path, e.problem))
+
+    sizes: dict[Path, tuple[int, int]] = {}
+    for path in map(Path, paths):
+        try:
+            sizes[path] = image_size(path)
+        except BadImageError as e:
+            bad(e)
+    if not sizes:
+        raise DataError(f"none of the {len(paths)} images could be read")
+    data = resolve_resize(data, list(sizes.values()))
+    images, kept = [], []
+    for path, (h, w) in sizes.items():
+        size = working_size(h, w, data)
+        try:
+            if mode_of(data) != "square" and min(size) < MIN_SIDE:
+                raise BadImageError(
+                    path, f"too small: {w}x{h} pixels, {size[1]}x{size[0]} at the working "
+                    f"scale; images need a side of at least {MIN_SIDE} there"
+                )  # fmt: skip
+            x = resize(read_image(path), *size)
+        except BadImageError as e:
+            bad(e)
+            continue
+        images.append((np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+        kept.append(path)
+    if not images:
+        raise DataError(f"none of the {len(paths)} images could be read")
+    if len({x.shape for x in images}) == 1:
+        return np.stack(images), data, kept, skipped
+    return images, data, kept, skipped
 
 
 @dataclass(frozen=True)

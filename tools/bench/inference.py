@@ -103,6 +103,7 @@ def main(argv: list[str]) -> dict:
     import tensorflow as tf
 
     import ssad
+    from ssad.config import DataConfig
     from ssad.detection import Detector
     from ssad.model import count_flops
     from ssad.scoring import anomaly_maps
@@ -126,6 +127,7 @@ def main(argv: list[str]) -> dict:
             flops = count_flops(model, size, size)
             useful = count_flops(model, size, size, useful=True)
             sigma = cfg.score.sigma * size / 256
+            square = DataConfig(resolution=size, resize="square")
             for batch in (int(b) for b in args.batches.split(",")):
                 images = tf.random.stateless_uniform((batch, size, size, 3), seed=(size, batch))
                 heatmaps = {}
@@ -134,7 +136,7 @@ def main(argv: list[str]) -> dict:
                     # row, so that a busy moment does not inflate the fractions.
                     peaks[dtype] = max(peaks[dtype], probes[dtype]())
                     maps = tf.function(
-                        partial(anomaly_maps, model, resolution=size, sigma=sigma, dtype=dtype)
+                        partial(anomaly_maps, model, data=square, sigma=sigma, dtype=dtype)
                     )
                     heatmaps[dtype] = maps(images)[0].numpy()  # also traces
                     seconds = _best_seconds(maps, images, args.repeats)
