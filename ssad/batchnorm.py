@@ -15,11 +15,12 @@ import numpy as np
 
 
 def recalibrate_batch_norm(
-    model: keras.Model, images: np.ndarray, *, batch_size: int = 8, batches: int = 32, seed: int = 0
+    model: keras.Model, images, *, batch_size: int = 8, batches: int = 32, seed: int = 0
 ) -> int:
     """Replace the moving statistics of every BatchNormalization layer of ``model`` by the
     plain average of their batch statistics over ``batches`` random batches of ``images``
-    (``[n, h, w, 3]``, uint8 or float in [0, 1]); the number of batches used.
+    (``[n, h, w, 3]``, uint8 or float in [0, 1]; or a list of images of several sizes, then
+    each batch is one whole image); the number of batches used.
 
     Runs the model in training mode (so each layer normalises with its batch's statistics,
     as during training) with the momentum set to ``(k - 1) / k`` on the k-th batch, which
@@ -28,14 +29,20 @@ def recalibrate_batch_norm(
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     if not bns or len(images) == 0:
         return 0
-    batch_size = min(batch_size, len(images))
+    one_by_one = not isinstance(images, np.ndarray)
+    batch_size = 1 if one_by_one else min(batch_size, len(images))
     rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images)) if one_by_one else None
     momenta = [layer.momentum for layer in bns]
     try:
         for k in range(1, batches + 1):
             for layer in bns:
                 layer.momentum = (k - 1) / k
-            x = images[rng.choice(len(images), batch_size, replace=False)]
+            if one_by_one:  # a random order, each image once before any repeats
+                chosen = [order[(k - 1) % len(images)]]
+            else:
+                chosen = rng.choice(len(images), batch_size, replace=False)
+            x = np.stack([images[i] for i in chosen])
             x = x.astype("float32") / 255.0 if x.dtype == np.uint8 else x.astype("float32")
             model(x, training=True)
     finally:

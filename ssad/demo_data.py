@@ -1,11 +1,11 @@
 """A small MVTec-layout data set cut from the texture photographs inside scikit-image.
 
 ``make_demo_data`` crops ``skimage.data.brick()``, ``.grass()`` or ``.gravel()`` (512x512,
-grayscale, CC0) into ``train/good`` (top 60 % of the photo) and ``test/good`` (bottom 40 %),
+grayscale, CC0) into ``train/good`` (left 60 % of the photo) and ``test/good`` (right 40 %),
 each crop randomly rotated by a multiple of 90 degrees and flipped, and draws four kinds of
-inspection defects onto further bottom crops: a scratch (thin bright or dark curve), a hole
-(dark round blob with a soft edge), a crack (dark, jagged, branching line) and a stain
-(translucent tinted blot). None of them is the elastic patch warping the model trains on.
+inspection defects onto further crops of the right part: a scratch (thin bright or dark
+curve), a hole (dark round blob with a soft edge), a crack (dark, jagged, branching line) and
+a stain (translucent tinted blot). None of them is the elastic patch warping the model trains on.
 Every drawing has an opacity map ``alpha`` in [0, 1]; the ground-truth mask is ``alpha >= 0.5``.
 ``shapes="varied"`` cuts crops of random size and aspect instead (for ``data.resize``).
 """
@@ -26,12 +26,16 @@ from ssad.files import atomic_dir, atomic_write_text
 from ssad.images import write_png
 
 TEXTURES = ("brick", "grass", "gravel")
-TRAIN_SHARE = 0.6  # rows of the photo that training crops come from; test crops use the rest
+# Columns of the photo that training crops come from; test crops use the rest. Columns, not
+# rows: the photos are perspective views (the brick rows grow from top to bottom), and a split
+# by rows put the near, larger bricks only in the test set, where good images then differed
+# from every training image (docs/scoring.md, "The demo").
+TRAIN_SHARE = 0.6
 
 _README = """\
 ssad demo data: {texture}, seed {seed}
 Cut from skimage.data.{texture}() (CC0, see the scikit-image documentation).
-train/good: {n_train} crops of the top {top} % of the photo; test/good: {n_good} crops of the
+train/good: {n_train} crops of the left {top} % of the photo; test/good: {n_good} crops of the
 rest; test/<defect>: {n_defect} drawn defects each, masks in ground_truth/<defect>/.
 """
 
@@ -62,20 +66,20 @@ def make_demo_data(
     if out.exists():
         raise DataError(f"{out}: already exists; choose a new folder for the demo data")
     photo = getattr(skimage.data, texture)().astype(np.float32) / 255.0
-    split = int(round(photo.shape[0] * TRAIN_SHARE))
-    if min(split, photo.shape[0] - split) < size:
+    split = int(round(photo.shape[1] * TRAIN_SHARE))
+    if min(split, photo.shape[1] - split) < size:
         raise DataError(f"crop size {size} is too large for the {photo.shape[0]}-pixel photo")
-    top, bottom = photo[:split], photo[split:]
+    left, right = photo[:, :split], photo[:, split:]
     rng = np.random.default_rng(seed)
     crop = _crop if shapes == "square" else _varied_crop
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
-        _write_all(tmp / "train" / "good", [crop(top, size, rng) for _ in range(n_train)])
-        _write_all(tmp / "test" / "good", [crop(bottom, size, rng) for _ in range(n_good)])
+        _write_all(tmp / "train" / "good", [crop(left, size, rng) for _ in range(n_train)])
+        _write_all(tmp / "test" / "good", [crop(right, size, rng) for _ in range(n_good)])
         for defect, draw in DEFECTS.items():
             images, masks = [], []
             for _ in range(n_defect):
-                image, alpha = _on_square_part(crop(bottom, size, rng), draw, rng)
+                image, alpha = _on_square_part(crop(right, size, rng), draw, rng)
                 images.append(image)
                 masks.append(alpha >= 0.5)
             _write_all(tmp / "test" / defect, images)
@@ -111,15 +115,17 @@ def _crop(region: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray
 def _varied_crop(region: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """A crop of random size and aspect (see ``make_demo_data``), rotated and flipped."""
     short = rng.uniform(0.5, 1.5) * size
-    aspect = np.exp(rng.uniform(np.log(0.4), np.log(2.5)))  # long / short after a turn
-    along = max(aspect, 1 / aspect)
-    h = int(min(region.shape[0], max(32, round(short))))
-    w = int(min(region.shape[1], max(32, round(short * along))))
+    aspect = np.exp(rng.uniform(np.log(0.4), np.log(2.5)))  # w / h of the crop
+    long = short * max(aspect, 1 / aspect)
+    if region.shape[0] < region.shape[1]:
+        region = region.T  # cut the long side along the region's long axis
+    h = int(min(region.shape[0], max(32, round(long))))
+    w = int(min(region.shape[1], max(32, round(short))))
     y = rng.integers(0, region.shape[0] - h + 1)
     x = rng.integers(0, region.shape[1] - w + 1)
-    crop = region[y : y + h, x : x + w]
-    if aspect < 1:
-        crop = crop.T  # tall instead of wide
+    crop = region[y : y + h, x : x + w]  # tall
+    if aspect > 1:
+        crop = crop.T  # wide
     crop = np.rot90(crop, k=2 * rng.integers(2))
     if rng.random() < 0.5:
         crop = crop[:, ::-1]

@@ -286,7 +286,7 @@ def train(
 
     final = build_autoencoder(cfg.model)  # float32, outside the strategy
     final.set_weights(model.get_weights())
-    recalibrate_batch_norm(final, _same_size(train_images, plans[-1].crop), seed=cfg.train.seed)
+    recalibrate_batch_norm(final, train_images, seed=cfg.train.seed)  # whole images
     # thresholds from the held-out files as a user's images arrive: at their own size
     heldout_paths = [paths[i] for i in heldout]
     calibration, statistics = calibrate_on_good(final, [read_image(p) for p in heldout_paths], cfg)
@@ -419,11 +419,6 @@ def _validation_order(n: int, fraction: float, seed: int) -> tuple[np.ndarray, n
 def _take(images, index: np.ndarray):
     """``images[index]`` for an array or a list."""
     return images[index] if isinstance(images, np.ndarray) else [images[i] for i in index]
-
-
-def _same_size(images, crop: int) -> np.ndarray:
-    """``images`` as one array: as they are when they share a size, else centre crops."""
-    return images if isinstance(images, np.ndarray) else centre_crops(images, crop)
 
 
 def _fit_crops(plans: list[StagePlan], smallest: int) -> list[StagePlan]:

@@ -31,6 +31,19 @@ def test_recalibration_gives_the_batch_statistics(model):
     assert bn.momentum == ssad.Config().model.bn_momentum  # restored
 
 
+def test_images_of_several_sizes_are_one_batch_each(model):
+    # two images of different sizes: the statistics are the mean of their per-image ones
+    images = [_images(1, 32, 0)[0], _images(1, 48, 1)[0][:, :40]]
+    recalibrate_batch_norm(model, images, batches=2)  # without replacement: each once
+    conv = keras.Model(model.input, model.get_layer("enc1_conv1").output)
+    per_image = [conv(x[None].astype("float32") / 255.0).numpy() for x in images]
+    bn = model.get_layer("enc1_conv1_bn")
+    want_mean = np.mean([c.mean(axis=(0, 1, 2)) for c in per_image], axis=0)
+    want_var = np.mean([c.var(axis=(0, 1, 2)) for c in per_image], axis=0)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), want_mean, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), want_var, rtol=1e-4)
+
+
 def test_recalibration_leaves_trainable_weights_alone(model):
     before = [w.numpy().copy() for w in model.trainable_weights]
     recalibrate_batch_norm(model, _images(6), batch_size=2, batches=4)
