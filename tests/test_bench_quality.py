@@ -78,6 +78,10 @@ def test_table_names_file_and_line_of_bad_results(tmp_path, content, problem):
             ["--data", "{data}", "--variant", "plain-ae", "--minutes", "1", "--set", "x"],
             "KEY=VALUE",
         ),
+        (
+            ["--data", "{data}", "--variant", "plain-ae", "--minutes", "10", "--extend-from", "10"],
+            "--extend-from must be between 0 and --minutes",
+        ),
     ],
 )
 def test_quality_rejects_bad_arguments(tmp_path, capsys, args, problem):
@@ -214,3 +218,45 @@ def test_quality_curve_plots_the_last_row_per_budget(tmp_path):
     }
     for name in ("tire", "bottle"):
         assert (tmp_path / "png" / f"quality_{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_extend_from_trains_a_copy_of_the_shorter_run_on(tmp_path, monkeypatch):
+    """The M0-minute run is copied (its report left out) and resumed with the longer budget;
+    the shorter run stays as it was."""
+    from helpers import make_run_dir
+
+    from ssad.demo_data import make_demo_data
+    from ssad.precision import resolve_precision
+
+    data = make_demo_data(tmp_path / "brick", "brick", n_train=4, n_good=3, n_defect=1, size=64)
+    precision = resolve_precision("auto")[0]
+    short = tmp_path / "work" / f"brick-tiny-64px-{precision}-1min" / "plain-ae"
+    make_run_dir(short, "tiny")
+    (short / "eval").mkdir()
+    calls = []
+
+    def fake_train(config, data_dir, run_dir, resume):
+        calls.append((config.train.max_minutes, Path(run_dir), resume))
+        assert (Path(run_dir) / "model.keras").is_file() and not (Path(run_dir) / "eval").exists()
+
+        class Result:
+            steps = 42
+
+        return Result()
+
+    monkeypatch.setattr("ssad.training.train", fake_train)
+    monkeypatch.setattr(
+        "ssad.evaluation.evaluate",
+        lambda runs, data_dir, out, progress: {"resolution": 64, "image_auroc": 0.5,
+            "pixel_auroc": 0.5, "aupro": 0.5, "seconds": 1.0, "n_images": 7,
+            "normalize": "structure"},
+    )  # fmt: skip
+    row = quality.main(
+        ["--data", str(data), "--variant", "plain-ae", "--minutes", "3", "--preset", "tiny",
+         "--extend-from", "1", "--workdir", str(tmp_path / "work"),
+         "--results", str(tmp_path / "r.jsonl")]
+    )  # fmt: skip
+    longer = tmp_path / "work" / f"brick-tiny-64px-{precision}-3min" / "plain-ae"
+    assert calls == [(3.0, longer, True)]
+    assert (row["steps"], row["extended_from"], row["minutes"]) == (42, 1.0, 3.0)
+    assert (short / "eval").is_dir()  # the shorter run is untouched
