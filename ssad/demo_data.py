@@ -56,7 +56,8 @@ def make_demo_data(
     ``n_train`` training crops, ``n_good`` defect-free and ``n_defect`` crops per defect kind
     for testing, all ``size`` pixels square; ``shapes="varied"``: crops of random size and
     aspect at the photo's own scale (shorter side ``size / 2`` to ``1.5 * size`` pixels, aspect
-    w/h 0.4 to 2.5 within the photo's bounds), defects drawn on a square part of each.
+    w/h 0.4 to 2.5 within the photo's bounds), defects drawn on a square part of each of side
+    ``size`` (or its shorter side), so that they keep one pixel scale.
     The same arguments give the same files.
     """
     if shapes not in ("square", "varied"):
@@ -82,7 +83,7 @@ def make_demo_data(
         for defect, draw in DEFECTS.items():
             images, masks = [], []
             for _ in range(n_defect):
-                image, alpha = _on_square_part(crop(bottom, size, rng), draw, rng)
+                image, alpha = _on_square_part(crop(bottom, size, rng), size, draw, rng)
                 images.append(image)
                 masks.append(alpha >= 0.5)
             _write_all(tmp / "test" / defect, images)
@@ -136,12 +137,14 @@ def _varied_crop(region: np.ndarray, size: int, rng: np.random.Generator) -> np.
     return np.repeat(np.ascontiguousarray(crop)[..., None], 3, axis=-1)
 
 
-def _on_square_part(image: np.ndarray, draw, rng: np.random.Generator):
-    """``draw`` (a defect) on a random square part of ``image``: ``(image, alpha [h, w])``."""
+def _on_square_part(image: np.ndarray, size: int, draw, rng: np.random.Generator):
+    """``draw`` (a defect) on a random square part of ``image`` of side ``size`` (or the
+    image's shorter side, when smaller): defects keep one pixel scale in crops of any size.
+    Returns ``(image, alpha [h, w])``."""
     h, w = image.shape[:2]
-    if h == w:
+    if h == w == size:
         return draw(image, rng)
-    side = min(h, w)
+    side = min(h, w, size)
     y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
     part, part_alpha = draw(image[y : y + side, x : x + side], rng)
     image, alpha = image.copy(), np.zeros((h, w), np.float32)
