@@ -94,10 +94,11 @@ def _image_dataset(source, config: Config) -> tuple[tf.data.Dataset, int, int]:
     paths = training_image_paths(source)
     if config.data.cache == "memory":
         images, _, _, _ = load_working_images(paths, config.data, config.data.on_bad_image)
-        return _image_dataset(images if isinstance(images, np.ndarray) else list(images), config)
-    data = resolve_resize(config.data, [image_size(p) for p in paths])
-    sizes = [working_size(*image_size(p), data) for p in paths]
-    return _file_cached(paths, data, config), len(paths), min(min(s) for s in sizes)
+        return _image_dataset(images, config)
+    sizes = [image_size(p) for p in paths]
+    data = resolve_resize(config.data, sizes)
+    smallest = min(min(working_size(h, w, data)) for h, w in sizes)
+    return _file_cached(paths, data, config), len(paths), smallest
 
 
 def _ragged(images: Sequence[np.ndarray]) -> tf.data.Dataset:

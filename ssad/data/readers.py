@@ -59,26 +59,14 @@ def load_images(
     ``on_bad_image="skip"``, the ``(path, reason)`` of each file that could not be decoded
     (each also a warning). With ``"error"`` such a file raises ``BadImageError``.
     """
-    if on_bad_image not in ("error", "skip"):
-        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-    images = np.empty((len(paths), resolution, resolution, 3), np.uint8)
-    skipped: list[tuple[str, str]] = []
-    n = 0
-    for path in paths:
-        try:
-            x = read_image(path)
-        except BadImageError as e:
-            if on_bad_image == "error":
-                raise
-            warnings.warn(f"skipping {e}", stacklevel=2)
-            skipped.append((e.path, e.problem))
-            continue
-        x = resize(x, resolution, resolution)
-        images[n] = (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        n += 1
-    if n == 0 and paths:
-        raise DataError(f"none of the {len(paths)} images could be read")
-    return images[:n], skipped
+
+    def read(path: Path) -> np.ndarray:
+        return _to_uint8(resize(read_image(path), resolution, resolution))
+
+    images, _, skipped = _read_each(paths, on_bad_image, read)
+    if not images:
+        return np.empty((0, resolution, resolution, 3), np.uint8), skipped
+    return np.stack(images), skipped
 
 
 def load_working_images(
@@ -91,45 +79,52 @@ def load_working_images(
     paths that were read and the ``(path, reason)`` of skipped ones (see :func:`load_images`).
     At ``scale`` and ``native`` an image smaller than ``MIN_SIDE`` pixels is a bad image.
     """
+    skipped: list[tuple[str, str]] = []
+    if data.resize == "auto" or (data.resize == "scale" and data.scale is None):
+        sizes, paths, skipped = _read_each(paths, on_bad_image, image_size)  # headers only
+        data = resolve_resize(data, sizes)
+
+    def read(path: Path) -> np.ndarray:
+        x = read_image(path)
+        h, w = x.shape[:2]
+        size = working_size(h, w, data)
+        if mode_of(data) != "square" and min(size) < MIN_SIDE:
+            raise BadImageError(
+                path, f"too small: {w}x{h} pixels, {size[1]}x{size[0]} at the working "
+                f"scale; images need a side of at least {MIN_SIDE} there"
+            )  # fmt: skip
+        return _to_uint8(resize(x, *size))
+
+    images, kept, more = _read_each(paths, on_bad_image, read)
+    if len({x.shape for x in images}) == 1:
+        return np.stack(images), data, kept, skipped + more
+    return images, data, kept, skipped + more
+
+
+def _read_each(paths: Sequence, on_bad_image: str, read) -> tuple[list, list[Path], list]:
+    """``(read(path) of each readable path, those paths, (path, reason) of the others)``: a
+    ``BadImageError`` raises with ``on_bad_image="error"`` and is skipped, with a warning,
+    with ``"skip"``; ``DataError`` when no path is readable."""
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-    skipped: list[tuple[str, str]] = []
-
-    def bad(e: BadImageError) -> None:
-        if on_bad_image == "error":
-            raise e
-        warnings.warn(f"skipping {e}", stacklevel=3)
-        skipped.append((e.path, e.problem))
-
-    sizes: dict[Path, tuple[int, int]] = {}
+    values, kept, skipped = [], [], []
     for path in map(Path, paths):
         try:
-            sizes[path] = image_size(path)
+            values.append(read(path))
         except BadImageError as e:
-            bad(e)
-    if not sizes:
-        raise DataError(f"none of the {len(paths)} images could be read")
-    data = resolve_resize(data, list(sizes.values()))
-    images, kept = [], []
-    for path, (h, w) in sizes.items():
-        size = working_size(h, w, data)
-        try:
-            if mode_of(data) != "square" and min(size) < MIN_SIDE:
-                raise BadImageError(
-                    path, f"too small: {w}x{h} pixels, {size[1]}x{size[0]} at the working "
-                    f"scale; images need a side of at least {MIN_SIDE} there"
-                )  # fmt: skip
-            x = resize(read_image(path), *size)
-        except BadImageError as e:
-            bad(e)
+            if on_bad_image == "error":
+                raise
+            warnings.warn(f"skipping {e}", stacklevel=3)
+            skipped.append((e.path, e.problem))
             continue
-        images.append((np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
         kept.append(path)
-    if not images:
+    if paths and not values:
         raise DataError(f"none of the {len(paths)} images could be read")
-    if len({x.shape for x in images}) == 1:
-        return np.stack(images), data, kept, skipped
-    return images, data, kept, skipped
+    return values, kept, skipped
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 @dataclass(frozen=True)
