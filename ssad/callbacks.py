@@ -1,17 +1,14 @@
 """Keras callbacks that ``ssad.training`` puts around each stage's ``model.fit``.
 
-They share one mutable :class:`RunState` (steps, epochs, history), which the checkpoint saves
-so that a killed run can pick up where it stopped.
+They share one mutable ``ssad.checkpoint.RunState`` (steps, epochs, history), which the
+checkpoint saves so that a killed run can pick up where it stopped.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -19,23 +16,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from ssad.errors import RunDirError, SsadError
-from ssad.files import atomic_write_bytes
+from ssad.checkpoint import RunState, save_checkpoint
+from ssad.errors import SsadError
 from ssad.images import encode_png
 from ssad.losses import unpack_targets
-
-
-@dataclass
-class RunState:
-    """Where a run stands; saved with every checkpoint."""
-
-    stage: int = 0  # index of the stage in progress
-    stage_steps: int = 0  # optimisation steps done in that stage
-    step: int = 0  # steps done over all stages
-    epoch: int = 0  # epochs done over all stages
-    elapsed_s: float = 0.0  # training seconds of all sessions up to the last checkpoint
-    done: bool = False
-    history: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -251,30 +235,6 @@ class StageProgbar(keras.callbacks.ProgbarLogger):
             print(f"{self.plan.name}: epoch {epoch + 1}/{total}", flush=True)
 
 
-class SyncStatistics(keras.callbacks.Callback):
-    """Averages the non-trainable variables (batch-norm moving statistics, which each worker
-    updates from its own batches) over all replicas at every epoch end, so that the workers
-    of a multi-worker run checkpoint and finish with equal weights."""
-
-    def __init__(self, strategy: tf.distribute.Strategy):
-        super().__init__()
-        self.strategy = strategy
-        self._sync = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self._sync is None:
-            strategy, variables = self.strategy, self.model.non_trainable_variables
-
-            @tf.function
-            def sync():
-                local = strategy.run(lambda: [tf.identity(v.value) for v in variables])
-                for v, value in zip(variables, local, strict=True):
-                    v.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
-
-            self._sync = sync
-        self._sync()
-
-
 class Checkpoint(keras.callbacks.Callback):
     """After every epoch: record the epoch in ``state.history`` and save model weights,
     optimizer state and ``state`` to one ``.npz`` file (atomically; only where ``write``)."""
@@ -297,52 +257,3 @@ class Checkpoint(keras.callbacks.Callback):
         row["elapsed_s"] = round(s.elapsed_s, 3)
         s.history.append(row)
         save_checkpoint(self.path, self.model, s, self.write)
-
-
-def save_checkpoint(path: Path, model: keras.Model, state: RunState, write: bool) -> None:
-    """Save weights, optimizer variables and ``state``. Every worker reads the values (that
-    may take part in collectives); only ``write`` puts them on disk."""
-    arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(model.get_weights())}
-    for i, v in enumerate(model.optimizer.variables):
-        arrays[f"o{i}"] = np.asarray(v.numpy())
-    if not write:
-        return
-    buffer = io.BytesIO()
-    np.savez(buffer, state=np.array(json.dumps(asdict(state))), **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def read_state(path: Path) -> RunState:
-    """The :class:`RunState` saved in checkpoint ``path``."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return RunState(**json.loads(str(f["state"])))
-    except (OSError, EOFError, KeyError, ValueError, TypeError) as e:
-        raise RunDirError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from e
-
-
-def load_checkpoint(path: Path, model: keras.Model) -> RunState:
-    """Restore what :func:`save_checkpoint` wrote into ``model`` (compiled, optimizer built)."""
-    state = read_state(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            weights = [f[f"w{i}"] for i in range(len(model.weights))]
-            opt_values = [f[f"o{i}"] for i in range(len(model.optimizer.variables))]
-            extra = len(f.files) - 1 - len(weights) - len(opt_values)
-    except (OSError, EOFError, KeyError, ValueError) as e:
-        raise RunDirError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from e
-    if extra:
-        raise RunDirError(f"{path}: checkpoint does not fit this model; delete it to start over")
-    try:
-        model.set_weights(weights)
-    except ValueError as e:
-        raise RunDirError(f"{path}: checkpoint does not fit this model ({e})") from e
-    for variable, value in zip(model.optimizer.variables, opt_values, strict=True):
-        variable.assign(value)
-    return state
-
-
-def run_clock(elapsed_before: float) -> Callable[[], float]:
-    """Seconds of training so far: earlier sessions' plus this one's."""
-    start = time.monotonic()
-    return lambda: elapsed_before + time.monotonic() - start

@@ -93,7 +93,7 @@ class DataConfig:
     # of the heatmap (per-pixel statistics want 20 or more; see docs).
     validation_fraction: float = 0.2
     cache: str = "memory"  # "memory" or a file path prefix for tf.data's file cache
-    on_bad_image: str = "error"  # error | skip
+    on_bad: str = "error"  # an unreadable training image: error | skip (and list it)
 
     def __post_init__(self):
         _check(
@@ -103,7 +103,7 @@ class DataConfig:
         _check(0 <= self.validation_fraction < 1, "data.validation_fraction must be in [0, 1)")
         _check(self.resize in RESIZE_MODES, f"data.resize {self.resize!r}")
         _check(self.scale is None or self.scale > 0, f"data.scale must be > 0, got {self.scale}")
-        _check(self.on_bad_image in ("error", "skip"), f"data.on_bad_image {self.on_bad_image!r}")
+        _check(self.on_bad in ("error", "skip"), f"data.on_bad {self.on_bad!r}")
 
 
 @dataclass(frozen=True)
@@ -279,6 +279,9 @@ class Config:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Config:
+        data = d.get("data")
+        if isinstance(data, dict) and "on_bad_image" in data:  # its earlier name
+            d = {**d, "data": {k.replace("on_bad_image", "on_bad"): v for k, v in data.items()}}
         return _build(Config, d, "")
 
     def save(self, path: str | os.PathLike) -> None:

@@ -81,5 +81,5 @@ def run_demo(
         {"train.max_minutes": max(left * (1 - AFTER_TRAINING_SHARE), 0.01), "train.seed": seed}
     )
     train(cfg, data_dir, run_dir, resume=False, verbose=verbose)
-    metrics = evaluate(run_dir, data_dir, report_dir, progress=verbose > 0)
+    metrics, _ = evaluate(run_dir, data_dir, report_dir, progress=verbose > 0)
     return DemoResult(data_dir, run_dir, report_dir, metrics, time.perf_counter() - start)

@@ -28,6 +28,7 @@ import tensorflow as tf
 from ssad.detection import Detector
 from ssad.errors import SsadError
 from ssad.files import atomic_dir
+from ssad.run import RunDir
 from ssad.scoring import anomaly_maps
 
 SIGNATURES = ("serving_default", "serving_bytes")
@@ -107,7 +108,8 @@ def export(
             f"{target}: version {version} already exists; pick another --version "
             "or leave it out to use the next free one"
         )
-    detector = Detector.load(run_dir)
+    run = RunDir(run_dir)
+    detector = Detector.load(run.path)
     base.mkdir(parents=True, exist_ok=True)
     module = ServingModule(detector)
     signatures = {name: getattr(module, name) for name in SIGNATURES}
@@ -115,7 +117,6 @@ def export(
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         extra = tmp / "assets.extra"  # TF Serving ignores this folder; kept for provenance
         extra.mkdir()
-        for name in ("config.json", "calibration.json", "statistics.npz"):
-            if (Path(run_dir) / name).exists():
-                shutil.copyfile(Path(run_dir) / name, extra / name)
+        for path in run.provenance():
+            shutil.copyfile(path, extra / path.name)
     return target

@@ -7,6 +7,7 @@ truncated one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -80,3 +81,46 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` to build an output of several files in;
+    when the block succeeds it replaces ``path``, so a failure never leaves a partial output.
+
+    An existing ``path`` is replaced only when it is empty or holds an earlier output of the
+    same kind (a file named ``marker``); anything else is an error, never deleted. An
+    ``OSError`` (a full disk) names ``path``, not the temporary folder.
+    """
+    from ssad.errors import SsadError
+
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and _replaceable(path, marker)):
+        raise SsadError(
+            f"{path}: exists and holds other files than an earlier output; choose another --out"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:  # through an existing file
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from e
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / "previous")
+        os.rename(tmp, path)
+    except OSError as e:
+        if e.filename is not None and str(tmp) in str(e.filename):
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _replaceable(path: Path, marker: str) -> bool:
+    return not any(path.iterdir()) or (path / marker).is_file()

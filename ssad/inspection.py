@@ -97,11 +97,12 @@ def stationarity(images: np.ndarray) -> Stationarity:
 
 
 def data_stationarity(
-    source: Source, resolution: int = 256, on_bad_image: str = "error"
-) -> tuple[Stationarity, list[tuple[str, str]]]:
-    """Stationarity of the training images of ``source`` (an MVTec category, a folder or a
-    list of files) at ``resolution``; also returns the ``(path, reason)`` of skipped files."""
-    images, skipped = load_images(training_image_paths(source), resolution, on_bad_image)
+    source: Source, resolution: int = 256, on_bad: str = "error"
+) -> tuple[Stationarity, list]:
+    """``(stationarity, skipped)`` of the training images of ``source`` (an MVTec category, a
+    folder or a list of files) at ``resolution``; ``skipped``: the unreadable files
+    (``BadImageError``, with ``on_bad="skip"``)."""
+    images, skipped = load_images(training_image_paths(source), resolution, on_bad)
     return stationarity(images), skipped
 
 

@@ -4,23 +4,15 @@ A run is a schedule of stages (``config.train.stages``), each one ``model.fit`` 
 of one side, the weights carried over. ``train.steps`` and ``train.max_minutes`` are split over
 the stages by their ``fraction``; either bound may be ``None``. An epoch is
 ``train.steps_per_epoch`` steps and ends with a validation loss on held-out good images and a
-checkpoint, from which a killed run resumes; a finished run bounded by time trains on when
-resumed with a larger ``train.max_minutes`` (in the stage due at its clock). The run directory::
-
-    model.keras        final model (float32, loads in safe mode)
-    config.json        the effective Config
-    history.json       one row per epoch: stage, step, loss, val_loss, elapsed seconds
-    calibration.json   thresholds from the held-out good images (see ssad.detection)
-    logs/              TensorBoard: a folder of loss scalars per stage, images/ samples
-    checkpoints/       last.npz: weights, optimizer state and progress, for resuming
+checkpoint (``ssad.checkpoint``), from which a killed run resumes; a finished run bounded by
+time trains on when resumed with a larger ``train.max_minutes`` (in the stage due at its
+clock). What the run directory holds: ``ssad.run``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -30,45 +22,42 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ssad import distribute
 from ssad.batchnorm import recalibrate_batch_norm
+from ssad.calibration import calibrate_on_good
 from ssad.callbacks import (
     Checkpoint,
     LearningRate,
     RepairProbe,
-    RunState,
     StageLimit,
     StagePlan,
     StageProgbar,
     Summaries,
-    SyncStatistics,
     Validation,
-    load_checkpoint,
-    read_state,
-    run_clock,
-    save_checkpoint,
 )
+from ssad.checkpoint import RunState, load_checkpoint, run_clock, save_checkpoint
 from ssad.config import Config
 from ssad.data import train_dataset, validation_dataset
 from ssad.data.geometry import describe
 from ssad.data.pipeline import centre_crops
 from ssad.data.readers import load_working_images, training_image_paths
-from ssad.detection import calibrate_on_good, save_calibration, save_heldout
-from ssad.errors import ConfigError, DataError, RunDirError
-from ssad.files import atomic_path, atomic_write_text
+from ssad.detection import Detector
+from ssad.errors import BadImageError, ConfigError, DataError, RunDirError
 from ssad.images import read_image
 from ssad.losses import objective_for
 from ssad.model import build_autoencoder, init_output_bias
 from ssad.precision import POLICIES, resolve_precision
 from ssad.progress import fit_verbose
+from ssad.run import Calibration, RunDir
 
-_RESUME_MAY_CHANGE = {"max_minutes", "strategy"}  # train.* keys a resumed run may change
+_RESUME_MAY_CHANGE = ("train.max_minutes", "train.strategy")  # a resumed run may change these
 
 
 @dataclass(frozen=True)
 class RunResult:
     """What :func:`train` did; ``summary()`` is the text the CLI prints."""
 
-    run_dir: Path
+    run: RunDir
     model: keras.Model
     config: Config
     steps: int
@@ -77,8 +66,13 @@ class RunResult:
     loss: float | None
     val_loss: float | None
     resumed_from_epoch: int | None  # epochs already done when this session started
-    calibration: dict
+    calibration: Calibration
     repair: dict  # the repair probe's last ratios per defect kind
+    skipped: list[BadImageError]  # unreadable training images (data.on_bad = "skip")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
 
     def summary(self) -> str:
         def num(x):
@@ -97,13 +91,13 @@ class RunResult:
             kept = ", ".join(f"{k} {v:.2f}" for k, v in self.repair.items())
             lines.append(f"repair probe, share of synthetic defects kept (0 best): {kept}")
         lines += [
-            f"thresholds: pixel {num(c['pixel_threshold'])}, image {num(c['image_threshold'])} "
-            f"({c['method']}, {c['n_images']} held-out images, "
-            f"normalisation {c.get('normalize')})",
+            f"thresholds: pixel {num(c.pixel_threshold)}, image {num(c.image_threshold)} "
+            f"({c.method}, {c.n_images} held-out images, normalisation {c.normalize})",
         ]
-        for name in ("model.keras", "config.json", "history.json", "calibration.json"):
-            lines.append(f"  {self.run_dir / name}")
-        lines.append(f"  TensorBoard: tensorboard --logdir {self.run_dir / 'logs'}")
+        r = self.run
+        for path in (r.model_path, r.config_path, r.history_path, r.calibration_path):
+            lines.append(f"  {path}")
+        lines.append(f"  TensorBoard: tensorboard --logdir {r.logs_path}")
         return "\n".join(lines)
 
 
@@ -200,7 +194,7 @@ def train(
     """Train an autoencoder on the defect-free images ``data`` and write ``run_dir``.
 
     ``data``: an MVTec AD category folder, a folder of images or a list of image files.
-    ``resume``: continue from ``run_dir/checkpoints`` when a killed run left one (otherwise
+    ``resume``: continue from the run's checkpoint when a killed run left one (otherwise
     start over); a finished run goes on only when ``train.max_minutes`` grew.
     ``deterministic``: enable TensorFlow op determinism, so the same ``train.seed`` gives
     identical weights. ``callbacks`` run after ssad's own in every stage.
@@ -209,98 +203,57 @@ def train(
     """
     plans = plan_stages(config)  # a bad budget fails before anything starts
     # the strategy first: a multi-worker one must configure TensorFlow before any device query
-    strategy = _make_strategy(config.train.strategy)
-    precision, why = resolve_precision(config.train.mixed_precision)
-    cfg = replace(config, train=replace(config.train, mixed_precision=precision))
-    if verbose and why != "as configured":
-        print(f"mixed precision: {precision} ({why})", flush=True)
-    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    chief = _is_chief(strategy)
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoints" / "last.npz"
-    _refuse_finished_run(run_dir, cfg, resume)
+    strategy = distribute.make_strategy(config.train.strategy)
+    cfg = _resolve_precision(config, verbose)
+    chief = distribute.is_chief(strategy)
+    run = RunDir(run_dir)
+    _refuse_finished_run(run, cfg, resume)
     if chief:
-        run_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails before reading
+        run.path.mkdir(parents=True, exist_ok=True)  # an unusable --out fails before reading
 
-    images, geometry, paths, _ = load_working_images(
-        training_image_paths(data), cfg.data, cfg.data.on_bad_image
-    )
-    cfg = replace(cfg, data=geometry)  # data.resize and data.scale resolved
-    if verbose:
-        print(f"working geometry: {describe(geometry)}", flush=True)
+    images, cfg, paths, skipped = _load_images(data, cfg, verbose)
     plans = _fit_crops(plans, min(min(x.shape[:2]) for x in images))
-    _prepare_run_dir(run_dir, cfg, resume, chief)
-
+    run.prepare(cfg, resume, _RESUME_MAY_CHANGE, write=chief)
     keras.utils.set_random_seed(cfg.train.seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     kept, heldout = _validation_order(len(images), cfg.data.validation_fraction, cfg.train.seed)
     train_images, val_images = _take(images, kept), _take(images, heldout)
-    loss = objective_for(cfg.train.objective, cfg.train.lam, cfg.train.norm)
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(POLICIES[cfg.train.mixed_precision])
+    state = RunState()
     try:
-        with strategy.scope():
-            model = build_autoencoder(cfg.model)
-            init_output_bias(model, _mean_colour(train_images))
-            if multiworker:
-                model = _MultiWorkerModel(model.inputs, model.outputs, name=model.name)
-            model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), loss=loss)
-            model.optimizer.build(model.trainable_variables)
-        if multiworker:
-            # Keras 3 fails to pre-build a model of several workers (keras-team/keras#20585):
-            # forget the strategy captured at creation; fit runs in the strategy's scope.
-            model._distribute_strategy = None
-        state = RunState()
-        if resume and ckpt_path.exists():
-            state = load_checkpoint(ckpt_path, model)
-        if state.done:  # a finished run given a longer budget: on in the stage due by now
-            due = [p.index for p in plans if p.deadline_s > state.elapsed_s]
-            state.done, state.stage, state.stage_steps = False, due[0], 0
+        model = _build_model(cfg, strategy, train_images)
+        state = _start_state(run, model, plans, resume)
         resumed_from = state.epoch if state.step else None
-        clock = run_clock(state.elapsed_s)
         if verbose and resumed_from is not None:
-            print(f"resuming {run_dir} after epoch {state.epoch} (step {state.step})", flush=True)
+            print(f"resuming {run} after epoch {state.epoch} (step {state.step})", flush=True)
         session = _Session(
-            cfg, model, strategy, chief, run_dir, state, clock, train_images, val_images, loss,
-            callbacks, verbose,
+            cfg, model, strategy, chief, run, state, run_clock(state.elapsed_s), train_images,
+            val_images, model.loss, callbacks, verbose,
         )  # fmt: skip
         for plan in plans:
-            if plan.index < state.stage:
-                continue
-            _fit_stage(session, plan)
-            state.stage, state.stage_steps = plan.index + 1, 0
-            save_checkpoint(ckpt_path, model, state, chief)
-        state.elapsed_s = clock()
+            if plan.index >= state.stage:
+                _fit_stage(session, plan)
+                state.stage, state.stage_steps = plan.index + 1, 0
+                save_checkpoint(run.checkpoint_path, model, state, chief)
+        state.elapsed_s = session.clock()
     except KeyboardInterrupt:
         if verbose:
             print(
-                f"\ninterrupted; the last checkpoint (epoch {state.epoch}) is in {ckpt_path}: "
-                "run the same command again to resume",
+                f"\ninterrupted; the last checkpoint (epoch {state.epoch}) is in "
+                f"{run.checkpoint_path}: run the same command again to resume",
                 flush=True,
             )
         raise
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
-    final = build_autoencoder(cfg.model)  # float32, outside the strategy
-    final.set_weights(model.get_weights())
-    recalibrate_batch_norm(final, train_images, seed=cfg.train.seed)  # whole images
-    # thresholds from the held-out files as a user's images arrive: at their own size
-    heldout_paths = [paths[i] for i in heldout]
-    calibration, statistics = calibrate_on_good(final, [read_image(p) for p in heldout_paths], cfg)
-    if chief:
-        with atomic_path(run_dir / "model.keras") as tmp:
-            final.save(tmp)
-        atomic_write_text(run_dir / "history.json", json.dumps(state.history, indent=1) + "\n")
-        save_heldout(run_dir, heldout_paths)
-        save_calibration(run_dir, calibration, statistics)
-        state.done = True
-        save_checkpoint(ckpt_path, model, state, chief)
+    final, calibration = _finalise(session, [paths[i] for i in heldout])
     last = state.history[-1] if state.history else {}
     return RunResult(
-        run_dir=run_dir,
+        run=run,
         model=final,
         config=cfg,
         steps=state.step,
@@ -311,7 +264,72 @@ def train(
         resumed_from_epoch=resumed_from,
         calibration=calibration,
         repair={k[7:]: v for k, v in last.items() if k.startswith("repair_")},
+        skipped=skipped,
     )
+
+
+def _resolve_precision(config: Config, verbose: int) -> Config:
+    """``config`` with ``train.mixed_precision`` resolved (``auto``: from the hardware)."""
+    precision, why = resolve_precision(config.train.mixed_precision)
+    if verbose and why != "as configured":
+        print(f"mixed precision: {precision} ({why})", flush=True)
+    return replace(config, train=replace(config.train, mixed_precision=precision))
+
+
+def _load_images(data, cfg: Config, verbose: int):
+    """``(images, cfg, paths, skipped)``: the training images at the working geometry, the
+    config with that geometry resolved (``data.resize``, ``data.scale``), the files read and
+    the unreadable ones."""
+    images, geometry, paths, skipped = load_working_images(
+        training_image_paths(data), cfg.data, cfg.data.on_bad
+    )
+    if verbose:
+        print(f"working geometry: {describe(geometry)}", flush=True)
+    return images, replace(cfg, data=geometry), paths, skipped
+
+
+def _build_model(cfg: Config, strategy: tf.distribute.Strategy, train_images) -> keras.Model:
+    """The autoencoder, compiled with the objective and its optimizer built, in ``strategy``."""
+    loss = objective_for(cfg.train.objective, cfg.train.lam, cfg.train.norm)
+    with strategy.scope():
+        model = build_autoencoder(cfg.model)
+        init_output_bias(model, _mean_colour(train_images))
+        model = distribute.for_strategy(model, strategy)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), loss=loss)
+        model.optimizer.build(model.trainable_variables)
+    distribute.after_compile(model, strategy)
+    return model
+
+
+def _start_state(run: RunDir, model: keras.Model, plans: list[StagePlan], resume: bool):
+    """A fresh :class:`RunState`, or the checkpoint's (loaded into ``model``); a finished
+    run given a longer budget goes on in the stage due by its clock."""
+    state = RunState()
+    if resume and run.checkpoint_path.exists():
+        state = load_checkpoint(run.checkpoint_path, model)
+    if state.done:
+        due = [p.index for p in plans if p.deadline_s > state.elapsed_s]
+        state.done, state.stage, state.stage_steps = False, due[0], 0
+    return state
+
+
+def _finalise(session: _Session, heldout_paths: list[Path]) -> tuple[keras.Model, Calibration]:
+    """The float32 model with exact batch-norm statistics, calibrated on the held-out images
+    (read at their own size, as a user's images arrive); the chief writes the run's files."""
+    cfg, state, run = session.cfg, session.state, session.run
+    final = build_autoencoder(cfg.model)  # float32, outside the strategy
+    final.set_weights(session.model.get_weights())
+    recalibrate_batch_norm(final, session.train_images, seed=cfg.train.seed)  # whole images
+    heldout = [read_image(p) for p in heldout_paths]
+    calibration, statistics = calibrate_on_good(Detector(final, cfg), heldout)
+    if session.chief:
+        run.write_model(final)
+        run.write_history(state.history)
+        run.write_heldout(heldout_paths)
+        run.write_calibration(calibration, statistics)
+        state.done = True
+        save_checkpoint(run.checkpoint_path, session.model, state, session.chief)
+    return final, calibration
 
 
 @dataclass
@@ -322,7 +340,7 @@ class _Session:
     model: keras.Model
     strategy: tf.distribute.Strategy
     chief: bool
-    run_dir: Path
+    run: RunDir
     state: RunState
     clock: Callable[[], float]
     train_images: np.ndarray
@@ -334,7 +352,7 @@ class _Session:
 
 def _fit_stage(session: _Session, plan: StagePlan) -> None:
     """One stage: ``model.fit`` on ``plan.crop`` crops until its step or time budget."""
-    cfg, state, strategy, run_dir = session.cfg, session.state, session.strategy, session.run_dir
+    cfg, state, strategy, run = session.cfg, session.state, session.strategy, session.run
     distort = cfg.train.objective != 0
     replicas = strategy.num_replicas_in_sync
     if plan.batch_size % replicas:
@@ -360,10 +378,8 @@ def _fit_stage(session: _Session, plan: StagePlan) -> None:
     spe = min(cfg.train.steps_per_epoch, plan.steps or cfg.train.steps_per_epoch)
     done_epochs = start // spe
     epochs = None if plan.steps is None else done_epochs + math.ceil((plan.steps - start) / spe)
-    ckpt_path = run_dir / "checkpoints" / "last.npz"
-    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     limit = StageLimit(
-        state, plan, session.clock, ckpt_path, _any_worker(strategy) if multiworker else None
+        state, plan, session.clock, run.checkpoint_path, distribute.any_worker(strategy)
     )
     probe = RepairProbe(centre_crops(session.val_images[:10], plan.crop), seed=cfg.train.seed)
     cbs = [LearningRate(state, cfg.train, session.clock), limit, Validation(val, session.loss)]
@@ -372,11 +388,10 @@ def _fit_stage(session: _Session, plan: StagePlan) -> None:
         cbs.append(
             keras.callbacks.EarlyStopping(patience=cfg.train.patience, restore_best_weights=True)
         )
-    if multiworker:
-        cbs.append(SyncStatistics(strategy))
-    cbs.append(Checkpoint(ckpt_path, state, plan, session.clock, session.chief))
+    cbs += distribute.epoch_callbacks(strategy)
+    cbs.append(Checkpoint(run.checkpoint_path, state, plan, session.clock, session.chief))
     if session.chief:
-        log_dir = run_dir / "logs" / f"stage{plan.index + 1}_{plan.crop}px"
+        log_dir = run.logs_path / f"stage{plan.index + 1}_{plan.crop}px"
         cbs.append(Summaries(log_dir, next(iter(val)), state))
     cbs.append(StageProgbar(plan, epochs))
     if session.verbose:
@@ -444,88 +459,16 @@ def _mean_colour(images) -> np.ndarray:
     return total / sum(x.shape[0] * x.shape[1] for x in images) / 255.0
 
 
-class _MultiWorkerModel(keras.Model):
-    """The autoencoder with step logs of shape ``[1]``: Keras 3's ``fit`` averages the logs
-    of several workers along an axis that scalars lack (keras-team/keras#20585)."""
-
-    def train_step(self, data):
-        return {k: keras.ops.reshape(v, (1,)) for k, v in super().train_step(data).items()}
-
-
-def _make_strategy(name: str) -> tf.distribute.Strategy:
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if "TF_CONFIG" not in os.environ:
-        raise ConfigError(
-            "--strategy multiworker needs the TF_CONFIG environment variable on every worker "
-            "(see README, Training on several machines)"
-        )
-    return tf.distribute.MultiWorkerMirroredStrategy()
-
-
-def _is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """The one worker that writes the run directory (all do under a local strategy)."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return True
-    resolver = strategy.cluster_resolver
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def _any_worker(strategy: tf.distribute.Strategy):
-    """``any_worker(flag)``: True when ``flag`` is True on any worker (a collective call)."""
-
-    @tf.function
-    def count(flag):
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: flag), axis=None)
-
-    return lambda flag: bool(count(tf.constant(1.0 if flag else 0.0)) > 0)
-
-
-def _refuse_finished_run(run_dir: Path, cfg: Config, resume: bool) -> None:
-    """Raise ``RunDirError`` when ``run_dir`` holds a finished run that ``cfg`` does not
-    give a longer time budget."""
-    ckpt_path = run_dir / "checkpoints" / "last.npz"
-    if resume and ckpt_path.exists():
-        state = read_state(ckpt_path)
+def _refuse_finished_run(run: RunDir, cfg: Config, resume: bool) -> None:
+    """Raise ``RunDirError`` when ``run`` holds a finished run that ``cfg`` does not give a
+    longer time budget."""
+    state = run.read_state() if resume else None
+    if state is not None and state.done:
         t = cfg.train
         longer = t.steps is None and t.max_minutes is not None
-        if state.done and not (longer and 60.0 * t.max_minutes > state.elapsed_s):
+        if not (longer and 60.0 * t.max_minutes > state.elapsed_s):
             raise RunDirError(
-                f"{run_dir} holds a finished run ({state.elapsed_s / 60:.1f} min of training); "
+                f"{run} holds a finished run ({state.elapsed_s / 60:.1f} min of training); "
                 "give a larger --max-minutes (and no --steps) to train it longer, or choose "
                 "another --out"
             )
-
-
-def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, chief: bool) -> None:
-    """Create ``run_dir`` and save the effective config; refuse to resume with another one."""
-    config_path, ckpt_path = run_dir / "config.json", run_dir / "checkpoints" / "last.npz"
-    if resume and ckpt_path.exists() and config_path.exists():
-        old = Config.load(config_path).to_dict()
-        new = cfg.to_dict()
-        for key in _RESUME_MAY_CHANGE:
-            old["train"].pop(key), new["train"].pop(key)
-        changed = [
-            f"{section}.{k}" for section in new for k in new[section]
-            if old[section].get(k) != new[section][k]
-        ]  # fmt: skip
-        if changed:
-            raise RunDirError(
-                f"{config_path}: the run there used other settings ({', '.join(changed)}); "
-                "resume with the same options or choose another --out"
-            )
-    if not chief:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        for sub in ("checkpoints", "logs"):
-            shutil.rmtree(run_dir / sub, ignore_errors=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    (run_dir / "logs").mkdir(exist_ok=True)
-    cfg.save(config_path)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import keras
-
 from ssad.config import Config
-from ssad.detection import save_heldout
-from ssad.model import build_autoencoder
+from ssad.run import untrained_run
 
 
 def make_run_dir(
@@ -21,24 +17,7 @@ def make_run_dir(
     overrides: dict | None = None,
     heldout: list | None = None,
 ) -> Path:
-    """An untrained ``preset`` model saved as a run directory: ``model.keras``, ``config.json``
-    and ``calibration.json`` (method ``manual``) in the new or empty folder ``path``; with
-    ``heldout`` (image files) also ``heldout.json``, so that the run can be rescored."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    """An untrained ``preset`` model saved as a run directory with manual thresholds (see
+    ``ssad.run.untrained_run``); with ``heldout`` (image files) it can be rescored."""
     cfg = Config.preset(preset).override(overrides or {})
-    keras.utils.set_random_seed(seed)
-    build_autoencoder(cfg.model).save(path / "model.keras")
-    cfg.save(path / "config.json")
-    calibration = {
-        "pixel_threshold": pixel_threshold,
-        "image_threshold": image_threshold,
-        "method": "manual",
-        "n_images": 0,
-        "ssad_version": "test",
-        "score": cfg.to_dict()["score"],  # the scoring these thresholds are for
-    }
-    (path / "calibration.json").write_text(json.dumps(calibration))
-    if heldout is not None:
-        save_heldout(path, heldout)
-    return path
+    return untrained_run(path, cfg, pixel_threshold, image_threshold, heldout, seed).path

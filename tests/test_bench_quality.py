@@ -157,7 +157,7 @@ def test_score_sweep_matches_evaluate_and_rescores_from_the_held_out_images(tmp_
     heldout = sorted((data / "train" / "good").iterdir())
     raw = {"score.sigma": 8.0, "score.map": "squared", "score.normalize": "none"}
     run = make_run_dir(tmp_path / "run", "tiny", overrides=raw, heldout=heldout)
-    want = evaluate([run], data, tmp_path / "eval")
+    want, _ = evaluate([run], data, tmp_path / "eval")
     results = tmp_path / "sweep.jsonl"
     argv = [str(run), "--data", str(data), "--grid", "score.sigma=8,1", "--results", str(results)]
     rows = score_sweep.main(
@@ -172,7 +172,7 @@ def test_score_sweep_matches_evaluate_and_rescores_from_the_held_out_images(tmp_
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         assert rows[0][key] == pytest.approx(want[key], abs=1e-4)
     assert rows[0]["pixel_auroc"] != rows[1]["pixel_auroc"]  # the smoothing does change it
-    rescored = evaluate([run], data, tmp_path / "eval1", score_overrides=rows[1]["settings"])
+    rescored, _ = evaluate([run], data, tmp_path / "eval1", score_overrides=rows[1]["settings"])
     assert rows[1]["image_auroc"] == pytest.approx(rescored["image_auroc"], abs=1e-4)
     assert rows[1]["normalize"] == rescored["normalize"] == "none"
     assert [json.loads(line) for line in results.read_text().splitlines()] == rows
@@ -247,9 +247,9 @@ def test_extend_from_trains_a_copy_of_the_shorter_run_on(tmp_path, monkeypatch):
     monkeypatch.setattr("ssad.training.train", fake_train)
     monkeypatch.setattr(
         "ssad.evaluation.evaluate",
-        lambda runs, data_dir, out, progress: {"resolution": 64, "image_auroc": 0.5,
+        lambda runs, data_dir, out, progress: ({"resolution": 64, "image_auroc": 0.5,
             "pixel_auroc": 0.5, "aupro": 0.5, "seconds": 1.0, "n_images": 7,
-            "normalize": "structure"},
+            "normalize": "structure"}, []),
     )  # fmt: skip
     row = quality.main(
         ["--data", str(data), "--variant", "plain-ae", "--minutes", "3", "--preset", "tiny",

@@ -1,4 +1,5 @@
-"""Detector: shapes of heatmaps for any input form, thresholds, run-directory checks."""
+"""Detector and calibration: shapes of heatmaps for any input form, thresholds, run-directory
+checks, the calibration's JSON round trip."""
 
 import json
 
@@ -6,17 +7,10 @@ import numpy as np
 import pytest
 from helpers import make_run_dir
 
-from ssad.detection import (
-    Detector,
-    Ensemble,
-    calibrate_f1,
-    calibrate_on_good,
-    load_calibration,
-    load_detector,
-    load_statistics,
-    save_calibration,
-)
-from ssad.errors import RunDirError
+from ssad.calibration import calibrate_f1, calibrate_on_good
+from ssad.detection import BaseDetector, Detector, Ensemble, load_detector
+from ssad.errors import RunDirError, VersionError
+from ssad.run import Calibration, RunDir
 from ssad.statistics import fit_statistics
 
 
@@ -85,8 +79,18 @@ def test_run_dir_errors_name_what_is_missing(tmp_path, run_dir):
         Detector.load(tmp_path)
     (tmp_path / "model.keras").write_bytes(b"not a model")
     (tmp_path / "calibration.json").write_text(json.dumps({"pixel_threshold": 0.1}))
+    with pytest.raises(RunDirError, match="'image_threshold' is missing"):
+        RunDir(tmp_path).read_calibration()
+    bad = {"pixel_threshold": 0.1, "image_threshold": float("nan")}
+    (tmp_path / "calibration.json").write_text(json.dumps(bad))
     with pytest.raises(RunDirError, match="'image_threshold' must be a finite number"):
-        load_calibration(tmp_path)
+        RunDir(tmp_path).read_calibration()
+    (tmp_path / "calibration.json").write_text(
+        json.dumps({**bad, "image_threshold": 1.0, "ssad_version": "7.0.0"})
+    )
+    with pytest.raises(VersionError, match="made by ssad 7.0.0"):
+        RunDir(tmp_path).read_calibration()
+    (tmp_path / "calibration.json").write_text(json.dumps(bad))  # bad, replaceable
     with pytest.raises(RunDirError, match="model.keras: cannot load the model"):
         Detector.load(tmp_path, require_calibration=False)
 
@@ -95,24 +99,24 @@ def test_calibrate_on_good_takes_quantiles(detector, tmp_path):
     rng = np.random.default_rng(3)
     images = rng.random((5, 64, 64, 3)).astype(np.float32)  # at the working resolution
     raw = detector.config.override({"score.normalize": "none", "score.map": "squared"})
-    calibration, statistics = calibrate_on_good(detector.model, images, raw, batch_size=2)
+    calibration, statistics = calibrate_on_good(Detector(detector.model, raw), images, 2)
     heatmap, score = Detector(detector.model, raw, statistics=statistics).maps(images)
     exact_pixel = np.quantile(heatmap, 0.999)
-    assert exact_pixel <= calibration["pixel_threshold"] <= exact_pixel * 1.001
-    assert calibration["image_threshold"] == pytest.approx(np.quantile(score, 0.99), rel=1e-5)
-    assert calibration["method"] == "good-quantile" and calibration["n_images"] == 5
-    assert calibration["normalize"] == "none"
-    save_calibration(tmp_path, calibration, statistics)
-    assert load_calibration(tmp_path) == calibration
-    assert load_statistics(tmp_path).mode == "none"
+    assert exact_pixel <= calibration.pixel_threshold <= exact_pixel * 1.001
+    assert calibration.image_threshold == pytest.approx(np.quantile(score, 0.99), rel=1e-5)
+    assert calibration.method == "good-quantile" and calibration.n_images == 5
+    assert calibration.normalize == "none" and calibration.score["normalize"] == "none"
+    RunDir(tmp_path).write_calibration(calibration, statistics)
+    assert RunDir(tmp_path).read_calibration() == calibration
+    assert RunDir(tmp_path).read_statistics().mode == "none"
 
 
 def test_pixel_calibration_is_cross_fitted_on_good_images(detector):
     rng = np.random.default_rng(5)
     images = rng.random((6, 64, 64, 3)).astype(np.float32)
     cfg = detector.config.override({"score.normalize": "pixel"})
-    calibration, statistics = calibrate_on_good(detector.model, images, cfg, batch_size=4)
-    assert calibration["normalize"] == "pixel" and statistics.shape == (64, 64)
+    calibration, statistics = calibrate_on_good(Detector(detector.model, cfg), images, 4)
+    assert calibration.normalize == "pixel" and statistics.shape == (64, 64)
     plain = Detector(detector.model, cfg)
     maps, xs = plain.working_maps(images)
     sigma = plain.sigma
@@ -127,12 +131,12 @@ def test_pixel_calibration_is_cross_fitted_on_good_images(detector):
         h, s = plain.finish(maps[scored], xs[scored], stats)
         heats.append(h)
         scores.append(s)
-    assert calibration["image_threshold"] == pytest.approx(
+    assert calibration.image_threshold == pytest.approx(
         np.quantile(np.concatenate(scores), 0.99), rel=1e-5
     )
     pooled = np.sort(np.concatenate(heats), axis=None)
     kth = pooled[int(np.ceil(0.999 * pooled.size)) - 1]  # the 0.999-quantile sample
-    assert kth < calibration["pixel_threshold"] <= kth + 1e-3 * abs(kth)
+    assert kth < calibration.pixel_threshold <= kth + 1e-3 * abs(kth)
     # the normalised heatmap of a good image is centred near 0
     good = Detector(detector.model, cfg, calibration, statistics).heatmap(images)
     assert abs(good.mean()) < 0.05 and 0.5 < good.std() < 1.5
@@ -142,17 +146,20 @@ def test_calibrate_f1_picks_the_best_image_threshold(detector, tmp_path):
     from ssad.demo_data import make_demo_data
 
     data = make_demo_data(tmp_path / "data", n_train=1, n_good=3, n_defect=1, size=32)
-    calibration = calibrate_f1(detector, data, batch_size=4)
-    assert calibration["method"] == "f1" and calibration["n_images"] == 7
-    assert calibration["n_defective"] == 4
-    assert 0 < calibration["f1_image"] <= 1 and 0 < calibration["f1_pixel"] <= 1
-    assert calibration["pixel_threshold"] > 0 and calibration["image_threshold"] > 0
+    calibration, skipped = calibrate_f1(detector, data, batch_size=4)
+    assert calibration.method == "f1" and calibration.n_images == 7 and skipped == []
+    d = calibration.to_dict()
+    assert d["n_defective"] == 4 and d["data_dir"] == str(data)
+    assert 0 < d["f1_image"] <= 1 and 0 < d["f1_pixel"] <= 1
+    assert calibration.pixel_threshold > 0 and calibration.image_threshold > 0
+    assert Calibration.from_dict(json.loads(json.dumps(d))) == calibration  # JSON round trip
 
 
 def test_ensemble_averages_normalised_heatmaps(run_dir, tmp_path):
     other = make_run_dir(tmp_path / "b", pixel_threshold=0.2, image_threshold=0.4, seed=1)
     ensemble = load_detector([run_dir, other])
     assert isinstance(ensemble, Ensemble) and ensemble.pixel_threshold == 1.0
+    assert isinstance(ensemble, BaseDetector) and isinstance(ensemble.detectors[0], BaseDetector)
     a, b = ensemble.detectors
     images = np.random.default_rng(4).random((2, 24, 40, 3)).astype(np.float32)
     expected = (a.heatmap(images) / 0.05 + b.heatmap(images) / 0.2) / 2
@@ -161,6 +168,9 @@ def test_ensemble_averages_normalised_heatmaps(run_dir, tmp_path):
     expected_score = (a.score(images) / 0.1 + b.score(images) / 0.4) / 2
     np.testing.assert_allclose(out["score"], expected_score, rtol=1e-5)
     np.testing.assert_array_equal(out["mask"], expected >= 1.0)
+    manual = ensemble.with_threshold(2.0)  # the shared interface: thresholds on its scale
+    assert manual.pixel_threshold == 2.0 and manual.calibration.method == "manual"
+    np.testing.assert_array_equal(manual.predict(images)["mask"], expected >= 2.0)
 
 
 def test_calibrate_command_stores_thresholds(tmp_path):
@@ -172,14 +182,14 @@ def test_calibrate_command_stores_thresholds(tmp_path):
     run = make_run_dir(tmp_path / "run")
     result = CliRunner().invoke(main, ["calibrate", str(run), "--threshold", "0.25"])
     assert result.exit_code == 0, result.output
-    assert load_calibration(run)["pixel_threshold"] == 0.25
-    assert load_calibration(run)["method"] == "manual"
+    assert RunDir(run).read_calibration().pixel_threshold == 0.25
+    assert RunDir(run).read_calibration().method == "manual"
     data = make_demo_data(tmp_path / "data", n_train=1, n_good=3, n_defect=1, size=32)
     args = ["calibrate", str(run), str(data), "--method", "good-quantile"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    calibration = load_calibration(run)
-    assert calibration["method"] == "good-quantile" and calibration["n_images"] == 3
+    calibration = RunDir(run).read_calibration()
+    assert calibration.method == "good-quantile" and calibration.n_images == 3
     result = CliRunner().invoke(main, ["calibrate", str(run)])
     assert result.exit_code == 1 and "give DATA_DIR" in result.output
 

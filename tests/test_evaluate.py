@@ -68,7 +68,7 @@ def test_evaluate_writes_the_report_with_the_listed_keys(run_dir, data, tmp_path
 
 
 def test_evaluate_metrics_agree_with_exact_computation(run_dir, data, tmp_path):
-    m = evaluate(run_dir, data, tmp_path / "report", batch_size=3, gallery_size=0)
+    m, _ = evaluate(run_dir, data, tmp_path / "report", batch_size=3, gallery_size=0)
     detector = Detector.load(run_dir)
     samples = test_samples(data)
     pairs = [read_sample(s) for s in samples]
@@ -88,7 +88,7 @@ def test_evaluate_metrics_agree_with_exact_computation(run_dir, data, tmp_path):
 def test_evaluate_without_masks_gives_null_pixel_metrics(run_dir, data, tmp_path):
     copy = tmp_path / "nomasks"
     shutil.copytree(data / "test", copy / "test")
-    m = evaluate(run_dir, copy, tmp_path / "report", threshold=0.05, gallery_size=1)
+    m, _ = evaluate(run_dir, copy, tmp_path / "report", threshold=0.05, gallery_size=1)
     assert m["pixel_auroc"] is None and m["aupro"] is None and m["f1_pixel"] is None
     assert m["image_auroc"] is not None and m["threshold_method"] == "manual"
     assert m["threshold"] == 0.05 and m["image_threshold"] == 0.05

@@ -13,15 +13,17 @@ import tensorflow as tf
 from click.testing import CliRunner
 from helpers import make_run_dir
 
+from ssad.calibration import calibrate_on_good
 from ssad.cli import main
-from ssad.detection import Detector, calibrate_on_good, save_calibration
+from ssad.detection import Detector
 from ssad.errors import RunDirError, SsadError
 from ssad.export import export, next_version
 from ssad.images import decode_image, encode_png, read_image, read_mask, write_png
+from ssad.run import RunDir
 from ssad.scoring import anomaly_maps
 
 SIZES = [(48, 40), (72, 96)]  # neither is the tiny preset's working resolution (64)
-README = Path(__file__).resolve().parents[1] / "README.md"
+SERVING_DOC = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
 
 # Runs in a fresh interpreter: only TensorFlow and NumPy, never ssad.
 _LOAD_AND_CALL = """
@@ -74,9 +76,8 @@ def run_dir(tmp_path_factory, pngs):
     detector = Detector.load(run)
     heatmaps, scores = detector.maps([read_image(p) for p in pngs])
     pixel = float(np.median(np.concatenate([h.ravel() for h in heatmaps])))
-    calibration = {"pixel_threshold": pixel, "image_threshold": float(np.mean(scores))}
-    calibration |= {"method": "manual", "score": detector.config.to_dict()["score"]}
-    save_calibration(run, calibration)
+    manual = detector.with_threshold(pixel, float(np.mean(scores)))
+    RunDir(run).write_calibration(manual.calibration)
     return run
 
 
@@ -218,21 +219,21 @@ def test_bytes_decode_like_ssad_images_and_reject_mixed_sizes(loaded):
         )
 
 
-# -- the README's serving section, run against the export -----------------------------------------
+# -- the snippets of docs/serving.md, run against the export ------------------------------------
 
 
-def _readme_snippet(marker):
-    section = README.read_text().split("## Export and serving", 1)[1].split("\n## ", 1)[0]
+def _doc_snippet(marker):
+    section = SERVING_DOC.read_text()
     blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if marker in b]
-    assert len(blocks) == 1, f"README serving section: one python block with {marker!r}"
+    assert len(blocks) == 1, f"docs/serving.md: one python block with {marker!r}"
     return blocks[0]
 
 
-def test_readme_model_config_parses_as_tf_serving_config():
+def test_serving_doc_model_config_parses_as_tf_serving_config():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    section = README.read_text().split("## Export and serving", 1)[1]
+    section = SERVING_DOC.read_text()
     text = re.search(r"```\n(model_config_list \{.*?)```", section, re.S).group(1)
     config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     (model,) = config.model_config_list.config
@@ -245,8 +246,8 @@ def test_readme_model_config_parses_as_tf_serving_config():
 
 
 @pytest.fixture
-def readme_cwd(exported, pngs, monkeypatch, tmp_path):
-    """A folder laid out as the README assumes: export/tire/1 and part.png."""
+def doc_cwd(exported, pngs, monkeypatch, tmp_path):
+    """A folder laid out as docs/serving.md assumes: export/tire/1 and part.png."""
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "tire").symlink_to(exported.parent)
     (tmp_path / "part.png").write_bytes(pngs[1].read_bytes())
@@ -259,9 +260,9 @@ def want_part(run_dir, pngs):
     return Detector.load(run_dir).predict(read_image(pngs[1]))
 
 
-def test_readme_rest_request_is_tf_serving_row_format(readme_cwd, loaded, want_part):
-    exec(_readme_snippet('"b64"'), {})
-    request = json.loads((readme_cwd / "request.json").read_text())
+def test_serving_doc_rest_request_is_tf_serving_row_format(doc_cwd, loaded, want_part):
+    exec(_doc_snippet('"b64"'), {})
+    request = json.loads((doc_cwd / "request.json").read_text())
     # TF Serving's row format for a one-input signature: each instance is that input's value,
     # and binary strings are {"b64": base64}.
     import base64
@@ -275,7 +276,7 @@ def test_readme_rest_request_is_tf_serving_row_format(readme_cwd, loaded, want_p
     np.testing.assert_array_equal(got["mask"].numpy(), want_part["mask"])
 
 
-def test_readme_grpc_request_serialises_and_answers(readme_cwd, loaded, want_part, monkeypatch):
+def test_serving_doc_grpc_request_serialises_and_answers(doc_cwd, loaded, want_part, monkeypatch):
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     sent = []
@@ -298,15 +299,15 @@ def test_readme_grpc_request_serialises_and_answers(readme_cwd, loaded, want_par
 
     monkeypatch.setattr(prediction_service_pb2_grpc, "PredictionServiceStub", LocalStub)
     namespace = {}
-    exec(_readme_snippet("PredictRequest"), namespace)
+    exec(_doc_snippet("PredictRequest"), namespace)
     assert len(sent) == 1 and namespace["request"].model_spec.name == "tire"
     np.testing.assert_allclose(namespace["score"], want_part["score"], rtol=1e-5)
     np.testing.assert_array_equal(namespace["mask"], want_part["mask"])
 
 
-def test_readme_tfsmlayer_reload(readme_cwd, want_part, capsys):
+def test_serving_doc_tfsmlayer_reload(doc_cwd, want_part, capsys):
     namespace = {}
-    exec(_readme_snippet("TFSMLayer"), namespace)
+    exec(_doc_snippet("TFSMLayer"), namespace)
     outputs = namespace["outputs"]
     np.testing.assert_allclose(outputs["heatmap"].numpy(), want_part["heatmap"], atol=1e-4)
     np.testing.assert_array_equal(outputs["mask"].numpy(), want_part["mask"])
@@ -326,8 +327,8 @@ def test_export_matches_detector_with_every_scoring_option(score, tmp_path):
     run = make_run_dir(tmp_path / "run", overrides=score)
     good = [_image(64, 64, seed) for seed in range(10, 16)]
     calibration, statistics = calibrate_on_good(Detector.load(run), good)
-    assert calibration["normalize"] == score["score.normalize"]
-    save_calibration(run, calibration, statistics)
+    assert calibration.normalize == score["score.normalize"]
+    RunDir(run).write_calibration(calibration, statistics)
     detector = Detector.load(run)
     assert detector.statistics.mode == score["score.normalize"]
     images = np.stack([_image(40, 56, 1), _image(40, 56, 2)[::-1]])

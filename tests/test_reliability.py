@@ -111,8 +111,8 @@ def test_predict_skip_bad_lists_what_it_skipped(corpus, runs, tmp_path):
     for name, problem in BAD.items():
         assert any(str(corpus["bad"] / name) in s and problem in s for s in skipped), name
     rows = json.loads((out / "scores.json").read_text())
-    assert {Path(r["path"]).name for r in rows if r.get("error")} == set(BAD)
-    assert {Path(r["path"]).name for r in rows if r["score"] is not None} == set(VALID)
+    assert {Path(r["path"]).name for r in rows} == set(VALID)  # the skipped ones are listed
+    assert all(r["score"] is not None for r in rows)
 
 
 def test_predict_folder_without_images(corpus, runs, tmp_path):
@@ -136,7 +136,7 @@ def test_unexpected_exception_is_one_line_with_a_hint(monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise ValueError("something\nunforeseen")
 
-    monkeypatch.setattr("ssad.evaluation.predict_files", broken)
+    monkeypatch.setattr("ssad.prediction.predict_files", broken)
     result = ssad("predict", tmp_path, "x.png", "--out", tmp_path / "out")
     line = assert_one_error(result, "ValueError: something unforeseen")
     assert line.endswith("(rerun with --debug for the traceback)")
@@ -334,6 +334,11 @@ def _visible(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in files if p.name[0] != "."}
 
 
+def _building(out: Path) -> list[Path]:
+    """The temporary folders in which a command builds ``out`` (``ssad.files.output_dir``)."""
+    return sorted(out.parent.glob(f".{out.name}.*.tmp"))
+
+
 def test_predict_killed_then_rerun_gives_the_same_results(runs, tmp_path):
     images = tmp_path / "many images"
     images.mkdir()
@@ -342,30 +347,28 @@ def test_predict_killed_then_rerun_gives_the_same_results(runs, tmp_path):
     out = tmp_path / "out"
     args = ["predict", str(runs["good"]), str(images), "--batch-size", "1", "--out"]
     proc = subprocess.Popen([SSAD, *args, str(out)], env=_env(), stdout=subprocess.DEVNULL)
-    _wait_for(proc, lambda: out.is_dir() and any(out.glob("[!.]*_overlay.png")))
+    _wait_for(proc, lambda: any(d.glob("*_overlay.png") for d in _building(out)))
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
-    written = _visible(out)
-    assert "scores.json" not in written and len(written) < 24
-    for name in written:  # whatever is there is complete
-        read_image(out / name)
+    assert not out.exists()  # half a prediction is never where the results belong
 
     assert ssad(*args, out).exit_code == 0
     assert ssad(*args, tmp_path / "uninterrupted").exit_code == 0
     assert _visible(out) == _visible(tmp_path / "uninterrupted")
+    assert len(_visible(out)) == 2 * 12 + 2  # overlays, masks, scores.csv and .json
 
 
 def test_evaluate_killed_then_rerun_gives_the_same_results(corpus, runs, tmp_path):
     report = tmp_path / "report"
     args = ["evaluate", str(runs["good"]), str(corpus["mvtec"]), "--out"]
     proc = subprocess.Popen([SSAD, *args, str(report)], env=_env(), stdout=subprocess.DEVNULL)
-    _wait_for(proc, lambda: (report / "metrics.json").exists())
+    _wait_for(proc, lambda: any((d / "metrics.json").exists() for d in _building(report)))
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
-    json.loads((report / "metrics.json").read_text())  # complete, not truncated
-    assert not (report / "index.html").exists()
+    assert not report.exists()  # metrics without their report never appear at --out
 
     assert ssad(*args, report).exit_code == 0
+    assert ssad(*args, report).exit_code == 0  # an earlier report is replaced
     assert ssad(*args, tmp_path / "uninterrupted").exit_code == 0
 
     def results(folder):
@@ -374,6 +377,26 @@ def test_evaluate_killed_then_rerun_gives_the_same_results(corpus, runs, tmp_pat
         return metrics, (folder / "scores.csv").read_text(), sorted(_visible(folder))
 
     assert results(report) == results(tmp_path / "uninterrupted")
+
+
+def test_a_full_disk_leaves_no_report_and_names_the_output(corpus, runs, tmp_path, monkeypatch):
+    import errno
+
+    def full(out, *args):
+        (out / "index.html").write_text("<html>")  # some files made it, then the disk filled
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "roc_image.png"))
+
+    monkeypatch.setattr("ssad.evaluation.write_report", full)
+    report = tmp_path / "report"
+    result = ssad("evaluate", runs["good"], corpus["mvtec"], "--out", report)
+    assert assert_one_error(result) == f"error: {report}: No space left on device"
+    assert not report.exists() and _building(report) == []  # nothing that looks like success
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("a user's file")
+    result = ssad("evaluate", runs["good"], corpus["mvtec"], "--out", other)
+    assert "holds other files" in assert_one_error(result, other)
+    assert (other / "notes.txt").read_text() == "a user's file"
 
 
 ONE_STAGE = {  # the tiny model at 32 px in one stage: the fewest traced graphs
@@ -402,7 +425,6 @@ def test_ctrl_c_during_train_stops_cleanly_and_resumes(corpus, tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert stderr.splitlines()[-1] == "interrupted", stderr
-    assert f"{data / 'train' / 'good' / 'empty.png'}: empty file" in stderr
     assert "run the same command again to resume" in stdout
     assert "Traceback" not in stderr
     assert not (run / "model.keras").exists()
@@ -410,5 +432,7 @@ def test_ctrl_c_during_train_stops_cleanly_and_resumes(corpus, tmp_path):
     resumed = ssad(*args, "--max-minutes", "0.001")
     assert resumed.exit_code == 0, resumed.output
     assert "resumed after epoch" in resumed.stdout
+    empty = data / "train" / "good" / "empty.png"
+    assert f"skipped {empty}: empty file" in resumed.stderr  # listed when the command ends
     detector = Detector.load(run)
     assert detector.score(np.zeros((1, 32, 32, 3), np.float32)).shape == (1,)

@@ -18,7 +18,8 @@ import tensorflow as tf
 from click.testing import CliRunner
 from scipy.ndimage import gaussian_filter
 
-from ssad.callbacks import LearningRate, RunState, read_state, schedule_factor
+from ssad.callbacks import LearningRate, schedule_factor
+from ssad.checkpoint import RunState, read_state
 from ssad.cli import main
 from ssad.config import Config
 from ssad.data.readers import load_images, training_image_paths

@@ -58,14 +58,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         values = values if isinstance(values, list) else [values]
         axes.append([(key, v) for v in values])
 
-    from ssad.detection import collect, load_detector
+    from ssad.detection import load_detector
     from ssad.errors import ConfigError
+    from ssad.run import RunDir
+    from ssad.scan import collect
 
     rows = []
     for run in args.runs:
-        config = json.loads((run / "config.json").read_text())
-        path = run / "history.json"
-        history = json.loads(path.read_text()) if path.exists() else []
+        config = RunDir(run).read_config().to_dict()
+        history = RunDir(run).read_history()
         for combination in itertools.product(*axes):
             settings = dict(combination)
             try:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             except ConfigError as e:  # e.g. several map terms without normalisation
                 print(f"skipped {settings}: {e}", file=sys.stderr)
                 continue
-            found = collect(detector, args.data)
+            found = collect(detector, args.data)[0].summary()
             row = {
                 "run": str(run),
                 "dataset": args.data.resolve().name,
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     if k.startswith("repair_")
                 },
                 "settings": settings,
-                "normalize": detector.calibration.get("normalize"),
+                "normalize": detector.calibration.normalize,
                 **{k: _round(found[k]) for k in ("image_auroc", "pixel_auroc", "aupro")},
                 "commit": git_commit(),
             }

@@ -1,7 +1,8 @@
 """The ``ssad`` command line: a thin layer over the Python API, one module per command.
 
-Every command takes ``--debug`` (show tracebacks) and ``--skip-bad`` (go on past unreadable
-images and list them). Errors a user can act on print as one line and exit with status 1.
+Every command takes ``--debug`` (show tracebacks); those that read images take ``--skip-bad``
+(go on past unreadable images and list them). Errors a user can act on print as one line and
+exit with status 1.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""What every command shares: ``--debug``, ``--skip-bad`` and one-line errors."""
+"""What every command shares: ``--debug``, one-line errors and, on commands that read images,
+``--skip-bad`` with one report of what was skipped.
+
+Command modules import nothing heavy at the top: ``ssad --help`` and argument errors answer
+without importing TensorFlow, which each command imports when it runs."""
 
 from __future__ import annotations
 
@@ -9,28 +13,35 @@ import warnings
 
 import click
 
+from ssad import import_tensorflow_quietly
 from ssad.errors import SsadError
 
 COMMANDS: list[click.Command] = []
 
 
-def command(name: str | None = None, **kwargs):
-    """Register a ``ssad`` sub-command with ``--debug`` and ``--skip-bad``.
+def command(name: str | None = None, reads_images: bool = False, **kwargs):
+    """Register a ``ssad`` sub-command with ``--debug`` (and ``--skip-bad`` when it
+    ``reads_images``: the function then gets ``on_bad`` = ``"skip"`` or ``"error"`` and
+    returns the skipped files, ``BadImageError``s, which are listed here as
+    ``skipped PATH: PROBLEM`` lines on stderr).
 
-    The wrapped function gets ``skip_bad`` as a keyword. Without ``--debug``, errors print as
-    one line on stderr with exit status 1: ``SsadError`` and ``OSError`` as they are, any other
-    exception with a hint to rerun with ``--debug`` for the traceback. Ctrl-C prints
-    ``interrupted`` and exits with status 130. Warnings print as one ``warning:`` line each.
+    Without ``--debug``, errors print as one line on stderr with exit status 1: ``SsadError``
+    and ``OSError`` as they are, any other exception with a hint to rerun with ``--debug``
+    for the traceback. Ctrl-C prints ``interrupted`` and exits with status 130. Warnings
+    print as one ``warning:`` line each.
     """
 
     def decorator(fn):
         @functools.wraps(fn)
-        def wrapper(*args, debug: bool, **kw):
+        def wrapper(*args, debug: bool, skip_bad: bool = False, **kw):
+            if reads_images:
+                kw["on_bad"] = "skip" if skip_bad else "error"
             try:
                 with warnings.catch_warnings():
                     if not debug:
                         warnings.showwarning = _show_warning
-                    return fn(*args, **kw)
+                    import_tensorflow_quietly()
+                    skipped = fn(*args, **kw)
             except (click.ClickException, click.exceptions.Exit, click.Abort):
                 raise
             except (SsadError, OSError) as e:
@@ -44,11 +55,14 @@ def command(name: str | None = None, **kwargs):
                 if debug:
                     raise
                 _fail(f"{type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)")
+            for bad in skipped or []:
+                click.echo(f"skipped {bad.path}: {bad.problem}", err=True)
 
         wrapper = click.option("--debug", is_flag=True, help="Show full tracebacks.")(wrapper)
-        wrapper = click.option(
-            "--skip-bad", is_flag=True, help="Skip unreadable images and list them."
-        )(wrapper)
+        if reads_images:
+            wrapper = click.option(
+                "--skip-bad", is_flag=True, help="Skip unreadable images and list them."
+            )(wrapper)
         cmd = click.command(name, **kwargs)(wrapper)
         COMMANDS.append(cmd)
         return cmd

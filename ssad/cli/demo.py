@@ -17,7 +17,7 @@ from ssad.cli._common import command
               help="Time budget of the whole demo; training gets most of it.")  # fmt: skip
 @click.option("--preset", default="demo", show_default=True, help="Preset to train.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the data and the training.")
-def demo(out: str, texture: str, minutes: float, preset: str, seed: int, skip_bad: bool) -> None:
+def demo(out: str, texture: str, minutes: float, preset: str, seed: int) -> None:
     """Train on defect-free crops of a real texture photo and find drawn defects.
 
     Makes the demo data (or reuses it), trains the preset for at most --minutes, evaluates it

@@ -9,7 +9,7 @@ import click
 from ssad.cli._common import command
 
 
-@command("distort")
+@command("distort", reads_images=True)
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder.")
 @click.option("-n", "count", default=16, show_default=True, help="Number of images.")
@@ -23,8 +23,8 @@ def distort(
     preset: str,
     config_file: str | None,
     seed: int,
-    skip_bad: bool,
-) -> None:
+    on_bad: str,
+):
     """Write a PNG grid of original | distorted | mask rows for DATA_DIR's training images."""
     import numpy as np
 
@@ -40,11 +40,10 @@ def distort(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the images are read
     chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).astype(int)]
-    images, skipped = load_images(
-        chosen, cfg.data.resolution, "skip" if skip_bad else cfg.data.on_bad_image
-    )
-    for path, reason in skipped:
-        click.echo(f"skipped {path}: {reason}", err=True)
+    if cfg.data.on_bad == "skip":
+        on_bad = "skip"
+    images, skipped = load_images(chosen, cfg.data.resolution, on_bad)
     target = out / "distortions.png"
     write_png(target, preview(images / 255.0, cfg.distortion, seed))
     click.echo(str(target))
+    return skipped

@@ -7,7 +7,7 @@ import click
 from ssad.cli._common import command, parse_settings, score_set_option
 
 
-@command("evaluate")
+@command("evaluate", reads_images=True)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option(
     "--out",
@@ -34,9 +34,7 @@ from ssad.cli._common import command, parse_settings, score_set_option
     type=click.IntRange(min=0),
     help="Pictures per gallery list.",
 )
-def evaluate(
-    paths, out_dir, settings, batch_size, threshold, resolution, gallery_size, skip_bad
-) -> None:
+def evaluate(paths, out_dir, settings, batch_size, threshold, resolution, gallery_size, on_bad):
     """Evaluate RUN_DIR... on DATA_DIR (the last path): an MVTec AD category or a folder.
 
     Several run directories form an ensemble: the mean of their heatmaps, each divided by
@@ -48,21 +46,20 @@ def evaluate(
 
     if len(paths) < 2:
         raise SsadError("give at least one RUN_DIR and then DATA_DIR")
-    result = run_evaluation(
+    result, skipped = run_evaluation(
         paths[:-1],
         paths[-1],
         out_dir,
         batch_size=batch_size,
         threshold=threshold,
         resolution=resolution,
-        skip_bad=skip_bad,
+        on_bad=on_bad,
         score_overrides=parse_settings(settings),
         gallery_size=gallery_size,
         progress=True,
     )
-    for bad in result["skipped"]:
-        click.echo(f"skipped {bad['path']}: {bad['problem']}", err=True)
     click.echo(format_table(result))
     click.echo(
         f"{result['n_images']} images in {result['seconds']:.1f} s; report: {out_dir}/index.html"
     )
+    return skipped

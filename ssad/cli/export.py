@@ -16,7 +16,7 @@ from ssad.cli._common import command
     type=click.IntRange(min=1),
     help="Version folder number; default: one more than the highest in EXPORT_BASE.",
 )
-def export(run_dir: str, export_base: str, version: int | None, skip_bad: bool) -> None:
+def export(run_dir: str, export_base: str, version: int | None) -> None:
     """Export RUN_DIR to EXPORT_BASE/N/ (signatures serving_default and serving_bytes)."""
     from ssad.export import export as export_run
 

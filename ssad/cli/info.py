@@ -13,7 +13,7 @@ from ssad.cli._common import command
 @click.option("--preset", default="texture", show_default=True, help="Named preset.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Config JSON.")
 @click.option("--size", default=512, show_default=True, help="Image side for the FLOP count.")
-def info(preset: str, config_file: str | None, size: int, skip_bad: bool) -> None:
+def info(preset: str, config_file: str | None, size: int) -> None:
     """Print the effective config and the model's weights and FLOPs per image."""
     from ssad.config import Config
     from ssad.model import build_autoencoder, count_flops

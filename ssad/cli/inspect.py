@@ -9,7 +9,7 @@ import click
 from ssad.cli._common import command
 
 
-@command("inspect")
+@command("inspect", reads_images=True)
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--resolution", default=256, show_default=True, help="Working resolution (px).")
 @click.option(
@@ -17,7 +17,7 @@ from ssad.cli._common import command
     type=click.Path(dir_okay=False),
     help="PNG for the mean and std maps  [default: ./<DATA_DIR name>_stationarity.png]",
 )
-def inspect(data_dir: str, resolution: int, out: str | None, skip_bad: bool) -> None:
+def inspect(data_dir: str, resolution: int, out: str | None, on_bad: str):
     """Check whether every pixel position of the training images has the same distribution.
 
     Prints the images' sizes and aspects with the working geometry training will pick, a
@@ -27,11 +27,7 @@ def inspect(data_dir: str, resolution: int, out: str | None, skip_bad: bool) -> 
     from ssad.inspection import data_stationarity, plot_stationarity, size_summary
 
     name = Path(data_dir).resolve().name
-    result, skipped = data_stationarity(
-        data_dir, resolution, on_bad_image="skip" if skip_bad else "error"
-    )
-    for path, reason in skipped:
-        click.echo(f"skipped {path}: {reason}", err=True)
+    result, skipped = data_stationarity(data_dir, resolution, on_bad)
     out_path = plot_stationarity(result, out or f"{name}_stationarity.png", title=name)
     click.echo(
         f"{result.n_images} training images at {result.resolution} px, "
@@ -41,3 +37,4 @@ def inspect(data_dir: str, resolution: int, out: str | None, skip_bad: bool) -> 
     click.echo(f"stationarity score: {result.score:.2f} (1 = same statistics at every position)")
     click.echo(f"verdict: {result.verdict}")
     click.echo(f"maps: {out_path}")
+    return skipped

@@ -24,7 +24,7 @@ from ssad.cli._common import command
     show_default=True,
     help="square: 128-px crops; varied: crops of random size and aspect at one pixel scale.",
 )
-def make_demo_data(out: str, texture: str, seed: int, shapes: str, skip_bad: bool) -> None:
+def make_demo_data(out: str, texture: str, seed: int, shapes: str) -> None:
     """Write crops of a texture photo to OUT: train/good, test/good, test/<defect>, masks."""
     from ssad.demo_data import make_demo_data as make
 

@@ -7,7 +7,7 @@ import click
 from ssad.cli._common import command, parse_settings, score_set_option
 
 
-@command("predict")
+@command("predict", reads_images=True)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
@@ -22,26 +22,24 @@ from ssad.cli._common import command, parse_settings, score_set_option
 @click.option(
     "--threshold", type=float, help="Pixel and image threshold instead of the stored calibration."
 )
-def predict(run_dir, inputs, out_dir, settings, batch_size, threshold, skip_bad) -> None:
+def predict(run_dir, inputs, out_dir, settings, batch_size, threshold, on_bad):
     """Find defects in INPUT... (image files, folders or glob patterns) with RUN_DIR's model.
 
     Writes <name>_overlay.png and <name>_mask.png per image (at its own size) and
     scores.csv / scores.json (path, score, is_anomalous).
     """
-    from ssad.evaluation import predict_files
+    from ssad.prediction import predict_files
 
-    rows = predict_files(
+    rows, skipped = predict_files(
         run_dir,
         inputs,
         out_dir,
         batch_size=batch_size,
         threshold=threshold,
-        skip_bad=skip_bad,
+        on_bad=on_bad,
         score_overrides=parse_settings(settings),
         progress=True,
     )
-    for row in rows:
-        if row.get("error"):
-            click.echo(f"skipped {row['path']}: {row['error']}", err=True)
-    found = sum(bool(r["is_anomalous"]) for r in rows)
+    found = sum(r["is_anomalous"] for r in rows)
     click.echo(f"{found} of {len(rows)} images anomalous; results in {out_dir}")
+    return skipped

@@ -7,7 +7,7 @@ import click
 from ssad.cli._common import command
 
 
-@command("train")
+@command("train", reads_images=True)
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option(
     "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory."
@@ -46,10 +46,10 @@ def train(
     run_dir: str,
     preset: str,
     config_file: str | None,
-    skip_bad: bool,
+    on_bad: str,
     seed: int | None,
     **options,
-) -> None:
+):
     """Train on the defect-free images in DATA_DIR (an MVTec AD category or a folder).
 
     Options override the preset or config file; the effective config is saved in the run
@@ -61,8 +61,9 @@ def train(
     from ssad.training import training_config
 
     base = Config.load(config_file) if config_file else Config.preset(preset)
-    if skip_bad:
-        base = base.override({"data.on_bad_image": "skip"})
+    if on_bad == "skip":
+        base = base.override({"data.on_bad": "skip"})
     cfg = training_config(base, seed=seed, **options)
     result = run_training(cfg, data_dir, run_dir, deterministic=seed is not None)
     click.echo(result.summary())
+    return result.skipped

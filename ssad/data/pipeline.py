@@ -11,6 +11,7 @@ faster than per image) -> targets -> prefetch. Every random choice is stateless,
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,7 +20,8 @@ import tensorflow as tf
 from ssad.config import Config
 from ssad.data.distort import distort as distort_batch
 from ssad.data.geometry import resolve_resize, working_size
-from ssad.data.readers import load_working_images, training_image_paths
+from ssad.data.readers import load_working_images, read_working, training_image_paths
+from ssad.errors import BadImageError
 from ssad.images import image_size
 from ssad.losses import pack_targets
 
@@ -93,7 +95,9 @@ def _image_dataset(source, config: Config) -> tuple[tf.data.Dataset, int, int]:
         return _ragged(source), len(source), min(min(x.shape[:2]) for x in source)
     paths = training_image_paths(source)
     if config.data.cache == "memory":
-        images, _, _, _ = load_working_images(paths, config.data, config.data.on_bad_image)
+        images, _, _, skipped = load_working_images(paths, config.data, config.data.on_bad)
+        for bad in skipped:  # a dataset cannot return them: say so
+            warnings.warn(f"skipping {bad}", stacklevel=3)
         return _image_dataset(images, config)
     sizes = [image_size(p) for p in paths]
     data = resolve_resize(config.data, sizes)
@@ -118,8 +122,12 @@ def _file_cached(paths: Sequence[os.PathLike], data, config: Config) -> tf.data.
 
     def decoded():
         for path in paths:
-            images, _, _, _ = load_working_images([path], data, config.data.on_bad_image)
-            yield from images
+            try:
+                yield read_working(path, data)
+            except BadImageError as e:
+                if config.data.on_bad == "error":
+                    raise
+                warnings.warn(f"skipping {e}", stacklevel=2)
 
     spec = tf.TensorSpec((None, None, 3), tf.uint8)
     return tf.data.Dataset.from_generator(decoded, output_signature=spec).cache(config.data.cache)

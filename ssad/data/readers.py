@@ -51,71 +51,71 @@ def training_image_paths(source: Source) -> list[Path]:
 
 
 def load_images(
-    paths: Sequence[str | os.PathLike], resolution: int, on_bad_image: str = "error"
-) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    paths: Sequence[str | os.PathLike], resolution: int, on_bad: str = "error"
+) -> tuple[np.ndarray, list[BadImageError]]:
     """Decode ``paths`` and resize each (anti-aliased) to ``resolution`` x ``resolution``.
 
-    Returns ``(images, skipped)``: uint8 ``[n, resolution, resolution, 3]`` and, with
-    ``on_bad_image="skip"``, the ``(path, reason)`` of each file that could not be decoded
-    (each also a warning). With ``"error"`` such a file raises ``BadImageError``.
+    Returns ``(images, skipped)``: uint8 ``[n, resolution, resolution, 3]`` and the files that
+    could not be decoded. Such a file raises ``BadImageError`` with ``on_bad="error"``; with
+    ``"skip"`` it is left out and listed.
     """
 
     def read(path: Path) -> np.ndarray:
         return _to_uint8(resize(read_image(path), resolution, resolution))
 
-    images, _, skipped = _read_each(paths, on_bad_image, read)
+    images, _, skipped = _read_each(paths, on_bad, read)
     if not images:
         return np.empty((0, resolution, resolution, 3), np.uint8), skipped
     return np.stack(images), skipped
 
 
 def load_working_images(
-    paths: Sequence[str | os.PathLike], data: DataConfig, on_bad_image: str = "error"
-) -> tuple[np.ndarray | list[np.ndarray], DataConfig, list[Path], list[tuple[str, str]]]:
+    paths: Sequence[str | os.PathLike], data: DataConfig, on_bad: str = "error"
+) -> tuple[np.ndarray | list[np.ndarray], DataConfig, list[Path], list[BadImageError]]:
     """Decode ``paths`` at the working geometry of ``data`` (``ssad.data.geometry``).
 
     Returns ``(images, data, kept, skipped)``: uint8 images (one array when all have one size,
     else a list), ``data`` with ``resize`` and ``scale`` resolved from the images' sizes, the
-    paths that were read and the ``(path, reason)`` of skipped ones (see :func:`load_images`).
-    At ``scale`` and ``native`` an image smaller than ``MIN_SIDE`` pixels is a bad image.
+    paths that were read and the files that were not (see :func:`load_images`).
     """
-    skipped: list[tuple[str, str]] = []
+    skipped: list[BadImageError] = []
     if data.resize == "auto" or (data.resize == "scale" and data.scale is None):
-        sizes, paths, skipped = _read_each(paths, on_bad_image, image_size)  # headers only
+        sizes, paths, skipped = _read_each(paths, on_bad, image_size)  # headers only
         data = resolve_resize(data, sizes)
-
-    def read(path: Path) -> np.ndarray:
-        x = read_image(path)
-        h, w = x.shape[:2]
-        size = working_size(h, w, data)
-        if mode_of(data) != "square" and min(size) < MIN_SIDE:
-            raise BadImageError(
-                path, f"too small: {w}x{h} pixels, {size[1]}x{size[0]} at the working "
-                f"scale; images need a side of at least {MIN_SIDE} there"
-            )  # fmt: skip
-        return _to_uint8(resize(x, *size))
-
-    images, kept, more = _read_each(paths, on_bad_image, read)
+    images, kept, more = _read_each(paths, on_bad, lambda path: read_working(path, data))
     if len({x.shape for x in images}) == 1:
         return np.stack(images), data, kept, skipped + more
     return images, data, kept, skipped + more
 
 
-def _read_each(paths: Sequence, on_bad_image: str, read) -> tuple[list, list[Path], list]:
-    """``(read(path) of each readable path, those paths, (path, reason) of the others)``: a
-    ``BadImageError`` raises with ``on_bad_image="error"`` and is skipped, with a warning,
-    with ``"skip"``; ``DataError`` when no path is readable."""
-    if on_bad_image not in ("error", "skip"):
-        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+def read_working(path: str | os.PathLike, data: DataConfig) -> np.ndarray:
+    """One image as uint8 at the working geometry of ``data`` (its mode resolved). At
+    ``scale`` and ``native`` an image smaller than ``MIN_SIDE`` pixels there is a bad image."""
+    x = read_image(path)
+    h, w = x.shape[:2]
+    size = working_size(h, w, data)
+    if mode_of(data) != "square" and min(size) < MIN_SIDE:
+        raise BadImageError(
+            path, f"too small: {w}x{h} pixels, {size[1]}x{size[0]} at the working "
+            f"scale; images need a side of at least {MIN_SIDE} there"
+        )  # fmt: skip
+    return _to_uint8(resize(x, *size))
+
+
+def _read_each(paths: Sequence, on_bad: str, read) -> tuple[list, list[Path], list]:
+    """``(read(path) of each readable path, those paths, BadImageError of the others)``: a
+    ``BadImageError`` raises with ``on_bad="error"`` and is listed with ``"skip"``;
+    ``DataError`` when no path is readable."""
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
     values, kept, skipped = [], [], []
     for path in map(Path, paths):
         try:
             values.append(read(path))
         except BadImageError as e:
-            if on_bad_image == "error":
+            if on_bad == "error":
                 raise
-            warnings.warn(f"skipping {e}", stacklevel=3)
-            skipped.append((e.path, e.problem))
+            skipped.append(e)
             continue
         kept.append(path)
     if paths and not values:

@@ -39,10 +39,10 @@ def main(argv: list[str]) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="ssad-eval-memory-") as tmp:
         tmp = Path(tmp)
-        sys.path.insert(0, str(REPO / "tests"))
-        from helpers import make_run_dir
+        from ssad.config import Config
+        from ssad.run import untrained_run
 
-        run = make_run_dir(tmp / "run", pixel_threshold=0.05, image_threshold=0.1)
+        run = untrained_run(tmp / "run", Config.preset("tiny"), 0.05, 0.1).path
         results = {}
         for name, n in (("small", args.small), ("large", args.large)):
             data = _make_data(tmp / f"data_{n}", n, args.size)
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> dict:
 def _measure(run: str, data: str, out: str, size: int, batch_size: int) -> dict:
     from ssad.evaluation import evaluate
 
-    result = evaluate(run, data, out, batch_size=batch_size, resolution=size)
+    result, _ = evaluate(run, data, out, batch_size=batch_size, resolution=size)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {
         "peak_rss_mb": round(peak_kb / 1024, 1),

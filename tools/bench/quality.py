@@ -99,6 +99,7 @@ def main(argv: list[str]) -> dict:
     commit = git_commit()  # the code this run starts with (the tree may change meanwhile)
     from ssad.config import Config
     from ssad.evaluation import evaluate
+    from ssad.run import RunDir
     from ssad.training import training_config
 
     base = training_config(
@@ -124,12 +125,14 @@ def main(argv: list[str]) -> dict:
         if args.extend_from is not None:
             steps += extend_variant(base, variant, args.data, group(args.extend_from) / variant,
                                     run_dir)  # fmt: skip
-        elif args.variant == "ensemble" and (run_dir / "calibration.json").exists():
-            steps += json.loads((run_dir / "history.json").read_text())[-1]["step"]
+        elif args.variant == "ensemble" and RunDir(run_dir).is_finished():
+            steps += RunDir(run_dir).read_history()[-1]["step"]
         else:
             steps += train_variant(base, variant, args.data, run_dir)
         run_dirs.append(run_dir)
-    found = evaluate(run_dirs, args.data, run_dirs[0].parent / args.variant / "eval", progress=True)
+    found, _ = evaluate(
+        run_dirs, args.data, run_dirs[0].parent / args.variant / "eval", progress=True
+    )
     row = {
         "dataset": dataset,
         "variant": args.variant,
@@ -165,9 +168,10 @@ def extend_variant(base, variant: str, data: Path, source: Path, run_dir: Path) 
     the number of steps done in all."""
     import shutil
 
+    from ssad.run import RunDir
     from ssad.training import train
 
-    if not (source / "calibration.json").exists():
+    if not RunDir(source).is_finished():
         raise SystemExit(f"--extend-from: {source} holds no finished run")
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("eval"))
