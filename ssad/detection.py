@@ -163,12 +163,19 @@ class Detector(BaseDetector):
         run_dir: str | os.PathLike,
         require_calibration: bool = True,
         score_overrides: dict | None = None,
-    ) -> Detector:
+    ) -> BaseDetector:
         """Load a run directory; ``RunDirError`` names what is missing or unreadable.
         ``require_calibration=False``: a missing or bad calibration leaves the detector
         without thresholds (for ``ssad calibrate``). ``score_overrides``:
         ``{"score.image": "mean_max", ...}``; when they change the run's scoring, statistics
-        and thresholds are recomputed from the run's held-out good images."""
+        and thresholds are recomputed from the run's held-out good images. An ONNX
+        export (``ssad export --format onnx``) loads as ``ssad.runtimes.ExportedDetector``."""
+        from ssad.runtimes import ExportedDetector, model_file
+
+        if model_file(run_dir) is not None:
+            if score_overrides:
+                raise RunDirError(f"{run_dir}: an export's scoring cannot be changed (--set)")
+            return ExportedDetector(run_dir)
         run = RunDir(run_dir)
         run.check(calibration=require_calibration)
         calibration, statistics = None, None

@@ -1,14 +1,17 @@
-"""Export a run as a SavedModel for TF Serving, with the whole detector inside.
+"""Export a run with the whole detector inside: a SavedModel for TF Serving, or an ONNX model
+for ONNX Runtime on the factory floor.
 
-``export(run_dir, export_base)`` writes ``export_base/N/`` (TF Serving's versioned layout). The
-graph holds everything ``Detector`` does: resizing to the working geometry and back, padding
-to a multiple of 8, the autoencoder, the error maps, smoothing, the good-image statistics, the
-image score, and the stored thresholds, so the
+``export(run_dir, export_base, format=...)`` writes ``export_base/N/`` (TF Serving's versioned
+layout): ``saved_model.pb`` and ``variables/``, or ``model.onnx``; ``assets.extra/`` keeps the
+run's config and calibration. The graph holds everything ``Detector`` does: resizing to the
+working geometry and back, padding to a multiple of 8, the autoencoder, the error maps,
+smoothing, the good-image statistics, the image score, and the stored thresholds, so the
 served model gives the same numbers as ``ssad predict`` with no client-side preprocessing.
 
-Signatures (both return ``heatmap`` [b, h, w] float32, ``score`` [b] float32, ``mask``
-[b, h, w] bool (heatmap >= pixel threshold), ``is_anomalous`` [b] bool (score >= image
-threshold) and ``reconstruction`` [b, h, w, 3] float32 in [0, 1]):
+The ONNX model is converted with ``tf2onnx`` from ``serving_default``. Signatures (both return
+``heatmap`` [b, h, w] float32, ``score`` [b] float32, ``mask`` [b, h, w] bool (heatmap >= pixel
+threshold), ``is_anomalous`` [b] bool (score >= image threshold) and ``reconstruction``
+[b, h, w, 3] float32 in [0, 1]):
 
 - ``serving_default``: ``images`` float32 [b, h, w, 3] in [0, 1], any h and w;
 - ``serving_bytes``: ``images_bytes`` string [b], encoded PNG, JPEG, BMP or GIF (first frame),
@@ -32,6 +35,9 @@ from ssad.run import RunDir
 from ssad.scoring import anomaly_maps
 
 SIGNATURES = ("serving_default", "serving_bytes")
+FORMATS = ("saved_model", "onnx")
+MODEL_FILES = {"onnx": "model.onnx"}  # the model file of each format but the SavedModel
+ONNX_OPSET = 17
 
 
 class ServingModule(tf.Module):
@@ -90,13 +96,22 @@ def next_version(export_base: str | os.PathLike) -> int:
 
 
 def export(
-    run_dir: str | os.PathLike, export_base: str | os.PathLike, version: int | None = None
+    run_dir: str | os.PathLike,
+    export_base: str | os.PathLike,
+    version: int | None = None,
+    format: str = "saved_model",
 ) -> Path:
-    """Write the run's detector as a SavedModel to ``export_base/version`` and return that path.
+    """Write the run's detector in ``format`` (``saved_model`` or ``onnx``) to
+    ``export_base/version`` and return that path.
 
     ``version`` defaults to the next free number; an existing version folder is an error,
-    never overwritten. The folder appears complete or not at all.
+    never overwritten. The folder appears complete or not at all. ``onnx`` needs the extra
+    ``pip install 'ssad[onnx]'``.
     """
+    if format not in FORMATS:
+        raise SsadError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "onnx":
+        require_extra("tf2onnx", format)
     base = Path(export_base)
     if version is None:
         version = next_version(base)
@@ -114,9 +129,30 @@ def export(
     module = ServingModule(detector)
     signatures = {name: getattr(module, name) for name in SIGNATURES}
     with atomic_dir(target) as tmp:
-        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        if format == "saved_model":
+            tf.saved_model.save(module, str(tmp), signatures=signatures)
+        else:
+            _to_onnx(module, tmp / MODEL_FILES["onnx"])
         extra = tmp / "assets.extra"  # TF Serving ignores this folder; kept for provenance
         extra.mkdir()
         for path in run.provenance():
             shutil.copyfile(path, extra / path.name)
     return target
+
+
+def require_extra(module: str, format: str) -> None:
+    """A one-line ``SsadError`` naming the extra to install when ``module`` is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise SsadError(f"the {format} format needs {module}: pip install 'ssad[{format}]'")
+
+
+def _to_onnx(module: ServingModule, path: Path) -> None:
+    """``serving_default`` as an ONNX model at ``path`` (dynamic batch, height and width)."""
+    import tf2onnx
+
+    spec = [tf.TensorSpec([None, None, None, 3], tf.float32, "images")]
+    tf2onnx.convert.from_function(
+        module.serving_default, input_signature=spec, opset=ONNX_OPSET, output_path=str(path)
+    )

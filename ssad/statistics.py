@@ -60,7 +60,10 @@ class GoodStatistics:
             index = 0
             for channel, edges in enumerate(self.edges):
                 flat = tf.reshape(guide[..., channel], [-1])
-                bins = tf.searchsorted(tf.constant(edges, tf.float32), flat, side="right")
+                # the bin of each value, as searchsorted(side="right") counts it: the number of
+                # edges <= the value; a sum of comparisons that exporters convert
+                counts = tf.add_n([tf.cast(flat >= float(e), tf.float32) for e in edges])
+                bins = tf.cast(counts, tf.int32)  # (ONNX sums no integers)
                 index = index * (len(edges) + 1) + bins
             index = tf.reshape(index, tf.shape(guide)[:-1])
             mean, std = tf.gather(mean, index), tf.gather(std, index)  # [b, h, w, m]

@@ -204,3 +204,18 @@ def test_export_of_a_scaled_run_matches_the_detector_in_tiles(varied_run, tmp_pa
         np.testing.assert_allclose(got["heatmap"].numpy(), want["heatmap"], atol=1e-4)
         np.testing.assert_allclose(got["score"].numpy(), want["score"], rtol=1e-5)
         np.testing.assert_array_equal(got["mask"].numpy(), want["mask"])
+
+
+@pytest.mark.parametrize(
+    "shape, size",
+    [((2, 37, 53, 3), (64, 64)), ((1, 301, 199, 3), (64, 40)), ((1, 64, 64, 1), (64, 64)),
+     ((1, 5, 700, 3), (3, 41)), ((1, 128, 96, 3), (1, 7))],
+)  # fmt: skip
+def test_matmul_resize_gives_tensorflow_antialiased_resize(shape, size):
+    from ssad.data.geometry import resize_antialiased
+
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    want = tf.image.resize(x, size, method="bilinear", antialias=True).numpy()
+    got = resize_antialiased(tf.constant(x), tf.constant(size)).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=2e-6)

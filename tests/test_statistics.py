@@ -81,3 +81,16 @@ def test_none_is_the_identity():
     stats = fit_statistics("none", maps)
     x = tf.constant(np.stack(maps), tf.float32)
     np.testing.assert_array_equal(stats.apply(x).numpy(), x.numpy())
+
+
+def test_structure_cells_are_the_bins_numpy_searchsorted_gives():
+    edges = np.array([[0.1, 0.5, 0.9], [0.2, 0.4, 0.6]], np.float32)  # 2 guide channels
+    cells = 4 * 4
+    stats = GoodStatistics("structure", np.arange(cells, dtype=np.float32)[:, None],
+                           np.ones((cells, 1), np.float32), edges)  # fmt: skip
+    rng = np.random.default_rng(0)
+    guide = rng.random((2, 9, 7, 2)).astype(np.float32)
+    guide[0, 0, 0] = edges[:, 1]  # values exactly on an edge fall into the bin above it
+    got = -stats.apply(tf.zeros((2, 9, 7, 1)), tf.constant(guide)).numpy()[..., 0]
+    bins = [np.searchsorted(edges[g], guide[..., g], side="right") for g in range(2)]
+    np.testing.assert_array_equal(got, bins[0] * 4 + bins[1])

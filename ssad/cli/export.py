@@ -1,4 +1,4 @@
-"""``ssad export``: write a run's detector as a versioned SavedModel for TF Serving."""
+"""``ssad export``: write a run's detector as a versioned SavedModel or ONNX model."""
 
 from __future__ import annotations
 
@@ -16,9 +16,19 @@ from ssad.cli._common import command
     type=click.IntRange(min=1),
     help="Version folder number; default: one more than the highest in EXPORT_BASE.",
 )
-def export(run_dir: str, export_base: str, version: int | None) -> None:
-    """Export RUN_DIR to EXPORT_BASE/N/ (signatures serving_default and serving_bytes)."""
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["saved_model", "onnx"]),
+    default="saved_model",
+    show_default=True,
+    help="saved_model: TF Serving; onnx: ONNX Runtime (pip install 'ssad[onnx]').",
+)
+def export(run_dir: str, export_base: str, version: int | None, format_: str) -> None:
+    """Export RUN_DIR to EXPORT_BASE/N/: the whole detector (resizing, model, heatmap, score,
+    thresholds) as a SavedModel (signatures serving_default and serving_bytes) or an ONNX
+    model."""
     from ssad.export import export as export_run
 
-    path = export_run(run_dir, export_base, version)
+    path = export_run(run_dir, export_base, version, format_)
     click.echo(f"exported {path}")

@@ -8,7 +8,7 @@ from ssad.cli._common import command, parse_settings, score_set_option
 
 
 @command("predict", reads_images=True)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", type=click.Path(exists=True))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
     "--out",
@@ -23,7 +23,8 @@ from ssad.cli._common import command, parse_settings, score_set_option
     "--threshold", type=float, help="Pixel and image threshold instead of the stored calibration."
 )
 def predict(run_dir, inputs, out_dir, settings, batch_size, threshold, on_bad):
-    """Find defects in INPUT... (image files, folders or glob patterns) with RUN_DIR's model.
+    """Find defects in INPUT... (image files, folders or glob patterns) with RUN_DIR's model
+    (or an ONNX export of it).
 
     Writes <name>_overlay.png and <name>_mask.png per image (at its own size) and
     scores.csv / scores.json (path, score, is_anomalous).

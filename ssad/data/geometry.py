@@ -55,7 +55,34 @@ def to_working(images: tf.Tensor, data: DataConfig | None) -> tf.Tensor:
     else:
         hw = tf.cast(tf.shape(images)[1:3], tf.float64)
         size = tf.maximum(tf.cast(tf.floor(hw * _factor(data) + 0.5), tf.int32), 1)
-    return tf.image.resize(images, size, method="bilinear", antialias=True)
+    return resize_antialiased(images, size)
+
+
+def resize_antialiased(images: tf.Tensor, size) -> tf.Tensor:
+    """``images [b, h, w, c]`` resized to ``size`` ``(h', w')``: the numbers of
+    ``tf.image.resize(images, size, "bilinear", antialias=True)`` (to float rounding), as two
+    matrix products with that resize's triangle-kernel weights. Plain ops that every exporter
+    converts (TensorFlow's own ``ScaleAndTranslate`` op is not)."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    rows = _triangle_weights(tf.shape(images)[1], size[0])
+    cols = _triangle_weights(tf.shape(images)[2], size[1])
+    x = tf.einsum("ip,bpqc->biqc", rows, images)
+    return tf.einsum("jq,biqc->bijc", cols, x)
+
+
+def _triangle_weights(n_in, n_out) -> tf.Tensor:
+    """``[n_out, n_in]`` weights of an antialiased linear resize along one axis (TensorFlow's
+    ``ScaleAndTranslate`` with the triangle kernel): output pixel ``i`` samples the input at
+    ``(i + 0.5) * n_in / n_out``, with a kernel widened by the downscaling factor; each row sums
+    to 1 (renormalised where the kernel reaches past the border)."""
+    n_in = tf.cast(n_in, tf.float32)
+    n_out = tf.cast(n_out, tf.float32)
+    inv_scale = 1.0 / (n_out / n_in)
+    width = tf.maximum(inv_scale, 1.0)  # the kernel's radius in input pixels
+    sample = (tf.range(n_out) + 0.5) * inv_scale
+    source = tf.range(n_in) + 0.5
+    w = tf.nn.relu(1.0 - tf.abs(source[None, :] - sample[:, None]) / width)
+    return w / tf.reduce_sum(w, axis=1, keepdims=True)
 
 
 def resolve_resize(data: DataConfig, sizes: list[tuple[int, int]]) -> DataConfig:

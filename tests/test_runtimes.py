@@ -1,0 +1,129 @@
+"""ONNX exports: the whole detector converts, loads without ssad and agrees with ``Detector``;
+``Detector.load`` and ``ssad predict`` take an export."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import make_run_dir
+
+from ssad.calibration import calibrate_on_good
+from ssad.cli import main
+from ssad.detection import Detector
+from ssad.export import export
+from ssad.images import read_image, write_png
+from ssad.run import RunDir
+from ssad.runtimes import ExportedDetector
+
+pytest.importorskip("tf2onnx")
+pytest.importorskip("onnxruntime")
+
+# Runs in a fresh interpreter: only the runtime and NumPy, never ssad.
+_RUN_OUTSIDE = """
+import sys
+import numpy as np
+import onnxruntime
+model, inputs = sys.argv[1:3]
+x = np.load(inputs)
+session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+names = [o.name for o in session.get_outputs()]
+out = dict(zip(names, session.run(None, {"images": x})))
+assert "ssad" not in sys.modules
+np.savez(inputs + ".out.npz", **out)
+"""
+
+
+def _images():
+    rng = np.random.default_rng(7)
+    return [rng.random((2, 200, 152, 3)).astype(np.float32), rng.random((1, 64, 64, 3))]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny run calibrated on good images: structure statistics and quantile thresholds."""
+    run = make_run_dir(tmp_path_factory.mktemp("run") / "run")
+    good = list(np.random.default_rng(1).random((6, 64, 64, 3)).astype(np.float32))
+    calibration, statistics = calibrate_on_good(Detector.load(run), good)
+    RunDir(run).write_calibration(calibration, statistics)
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    return export(run, tmp_path_factory.mktemp("exports") / "onnx", format="onnx")
+
+
+def test_onnx_export_outside_ssad_matches_the_detector(run, exported, tmp_path):
+    target = exported
+    model = target / "model.onnx"
+    assert model.is_file() and (target / "assets.extra" / "calibration.json").is_file()
+    detector = Detector.load(run)
+    assert detector.statistics.mode == "structure"
+    for i, images in enumerate(_images()):
+        images = images.astype(np.float32)
+        path = tmp_path / f"images{i}.npy"
+        np.save(path, images)
+        code = [sys.executable, "-c", _RUN_OUTSIDE, str(model), str(path)]
+        subprocess.run(code, check=True, capture_output=True, text=True)
+        got = np.load(str(path) + ".out.npz")
+        want = detector.predict(images)
+        np.testing.assert_allclose(got["heatmap"], want["heatmap"], atol=1e-4)
+        np.testing.assert_allclose(got["score"], want["score"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got["mask"], want["mask"])
+        np.testing.assert_array_equal(got["is_anomalous"], want["is_anomalous"])
+
+    loaded = Detector.load(target)  # an export loads as a detector too
+    assert isinstance(loaded, ExportedDetector)
+    assert loaded.pixel_threshold == detector.pixel_threshold
+    images = _images()[0]
+    np.testing.assert_allclose(loaded.heatmap(images), detector.heatmap(images), atol=1e-4)
+
+
+def test_predict_takes_an_onnx_export_and_a_missing_extra_is_one_line(
+    run, exported, tmp_path, monkeypatch
+):
+    target = exported
+    write_png(tmp_path / "part.png", _images()[0][0])
+    result = CliRunner().invoke(
+        main, ["predict", str(target / "model.onnx"), str(tmp_path / "part.png"), "--out",
+               str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "out" / "scores.json").read_text())
+    want = Detector.load(run).predict(read_image(tmp_path / "part.png"))
+    assert row["score"] == pytest.approx(float(want["score"][0]), rel=1e-4)
+
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tf2onnx" else real(name, *a)
+    )
+    result = CliRunner().invoke(
+        main, ["export", str(run), str(tmp_path / "e2"), "--format", "onnx"]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: the onnx format needs tf2onnx: pip install 'ssad[onnx]'"
+    )
+
+
+def test_serving_doc_runs_the_export_without_ssad(exported, tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "onnxruntime" in b]
+    (tmp_path / "export" / "tire_onnx").mkdir(parents=True)
+    (tmp_path / "export" / "tire_onnx" / "1").symlink_to(exported)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(snippet, namespace)
+    assert namespace["out"]["score"].shape == (1,) and namespace["out"]["mask"].shape == (
+        1,
+        240,
+        320,
+    )
