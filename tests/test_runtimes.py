@@ -4,6 +4,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,7 +114,6 @@ def test_predict_takes_an_onnx_export_and_a_missing_extra_is_one_line(
 
 def test_serving_doc_runs_the_export_without_ssad(exported, tmp_path, monkeypatch):
     import re
-    from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
     (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "onnxruntime" in b]
@@ -127,3 +127,16 @@ def test_serving_doc_runs_the_export_without_ssad(exported, tmp_path, monkeypatc
         240,
         320,
     )
+
+
+def test_export_parity_section_compares_every_test_image(run, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from bench import export_parity
+
+    from ssad.demo_data import make_demo_data
+
+    data = make_demo_data(tmp_path / "data", n_train=1, n_good=2, n_defect=1, size=40)
+    (row,) = export_parity.main(["--run", str(run), "--data", str(data)])["runs"]
+    assert row["n_images"] == 2 + 4  # two good images, one per defect type
+    assert row["max_abs_heatmap_diff"] < 1e-4 and row["max_rel_score_diff"] < 1e-5
+    assert row["mask_pixels_differing"] == 0 and row["labels_differing"] == 0

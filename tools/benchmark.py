@@ -20,6 +20,7 @@ SECTIONS = {
     "quality": "quality",
     "quality-table": "quality_table",
     "quality-curve": "quality_curve",
+    "export-parity": "export_parity",
 }
 
 

@@ -1,0 +1,71 @@
+"""Section ``export-parity``: an ONNX export against ``Detector`` on real test images.
+
+    python tools/benchmark.py export-parity --run RUN_DIR --data DIR [--run ... --data ...]
+
+Exports each run with ``ssad export --format onnx`` into a temporary folder, scores every test
+image of its data set (each at its own size, one at a time) with ONNX Runtime and with
+``Detector``, and reports per run the largest heatmap difference and the share of pixels that
+differ by more than 1e-4, the largest relative score difference, the mask pixels and image
+labels that differ, and both runtimes' seconds per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str]) -> dict:
+    p = argparse.ArgumentParser(prog="benchmark.py export-parity", description=__doc__)
+    p.add_argument("--run", action="append", type=Path, required=True, help="run directory")
+    p.add_argument("--data", action="append", type=Path, required=True, help="its data set")
+    args = p.parse_args(argv)
+    if len(args.run) != len(args.data):
+        p.error("give one --data per --run")
+    return {"runs": [_compare(run, data) for run, data in zip(args.run, args.data, strict=True)]}
+
+
+def _compare(run: Path, data: Path) -> dict:
+    import numpy as np
+
+    from ssad.data.readers import read_sample, test_samples
+    from ssad.detection import Detector
+    from ssad.export import export
+    from ssad.runtimes import ExportedDetector
+
+    detector = Detector.load(run)
+    worst = {"heatmap": 0.0, "score_rel": 0.0, "mask_pixels": 0, "labels": 0, "over": 0, "px": 0}
+    seconds = {"tensorflow": 0.0, "onnx": 0.0}
+    with tempfile.TemporaryDirectory(prefix="ssad-parity-") as tmp:
+        exported = ExportedDetector(export(run, Path(tmp) / "export", format="onnx"))
+        samples = test_samples(data)
+        for sample in samples:
+            image = read_sample(sample)[0][None]
+            t0 = time.perf_counter()
+            want = detector.predict(image)
+            t1 = time.perf_counter()
+            got = exported.predict(image)
+            seconds["onnx"] += time.perf_counter() - t1
+            seconds["tensorflow"] += t1 - t0
+            diff = np.abs(got["heatmap"] - want["heatmap"])
+            worst["heatmap"] = max(worst["heatmap"], float(diff.max()))
+            worst["over"] += int((diff > 1e-4).sum())
+            worst["px"] += diff.size
+            rel = np.abs(got["score"] - want["score"]) / np.maximum(np.abs(want["score"]), 1e-12)
+            worst["score_rel"] = max(worst["score_rel"], float(rel.max()))
+            worst["mask_pixels"] += int((got["mask"] != want["mask"]).sum())
+            worst["labels"] += int((got["is_anomalous"] != want["is_anomalous"]).sum())
+    n = len(samples)
+    return {
+        "run": str(run),
+        "dataset": data.resolve().name,
+        "n_images": n,
+        "max_abs_heatmap_diff": worst["heatmap"],
+        "share_of_pixels_over_1e-4": worst["over"] / worst["px"],
+        "max_rel_score_diff": worst["score_rel"],
+        "mask_pixels_differing": worst["mask_pixels"],
+        "labels_differing": worst["labels"],
+        "seconds_per_image": {k: round(v / n, 4) for k, v in seconds.items()},
+    }
