@@ -65,44 +65,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; rename it to ``path`` when the block succeeds.
+def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; when the block succeeds it takes ``path``'s
+    place, so a failure never leaves a partial folder there.
 
-    ``path`` must not exist yet (no silent overwrite).
+    ``path`` must not exist yet (no silent overwrite) unless ``replace``: an existing ``path``
+    is then replaced, only once the block has succeeded. An ``OSError`` in the block (a full
+    disk) names ``path``, not the temporary folder.
     """
     path = Path(path)
-    if path.exists():
+    if path.exists() and not replace:
         raise FileExistsError(f"{path} already exists")
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        os.rename(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path`` to build an output of several files in;
-    when the block succeeds it replaces ``path``, so a failure never leaves a partial output.
-
-    An existing ``path`` is replaced only when it is empty or holds an earlier output of the
-    same kind (a file named ``marker``); anything else is an error, never deleted. An
-    ``OSError`` (a full disk) names ``path``, not the temporary folder.
-    """
-    from ssad.errors import SsadError
-
-    path = Path(path)
-    if path.exists() and not (path.is_dir() and _replaceable(path, marker)):
-        raise SsadError(
-            f"{path}: exists and holds other files than an earlier output; choose another --out"
-        )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as e:  # through an existing file
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from e
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     old = None
     try:
@@ -120,6 +93,27 @@ def output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
         for leftover in (tmp, old):
             if leftover is not None and leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
+    """:func:`atomic_dir` for a command's ``--out`` folder of several files: its parent is
+    created, and an existing ``path`` is replaced only when it is empty or holds an earlier
+    output of the same kind (a file named ``marker``); anything else is an error, never
+    deleted."""
+    from ssad.errors import SsadError
+
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and _replaceable(path, marker)):
+        raise SsadError(
+            f"{path}: exists and holds other files than an earlier output; choose another --out"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:  # through an existing file
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from e
+    with atomic_dir(path, replace=True) as tmp:
+        yield tmp
 
 
 def _replaceable(path: Path, marker: str) -> bool:
