@@ -105,8 +105,7 @@ def good_test_images(
     data_dir: str | os.PathLike, on_bad: str = "error"
 ) -> tuple[list[np.ndarray], list[BadImageError]]:
     """``(images, skipped)``: the defect-free test images of ``data_dir`` (``test/good/``)."""
-    from ssad.data.readers import read_sample, test_samples
-    from ssad.scan import check_on_bad
+    from ssad.data.readers import check_on_bad, read_sample, test_samples
 
     check_on_bad(on_bad)
     images, skipped = [], []

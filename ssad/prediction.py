@@ -10,13 +10,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ssad.data.readers import check_on_bad
 from ssad.detection import BaseDetector, Detector
 from ssad.errors import BadImageError, DataError
 from ssad.files import atomic_write_text, output_dir
 from ssad.images import is_image_file, read_image, write_png
 from ssad.progress import progress_bar
 from ssad.report import overlay
-from ssad.scan import check_on_bad
 
 
 def predict_files(

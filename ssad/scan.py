@@ -17,7 +17,7 @@ import numpy as np
 
 from ssad import metrics
 from ssad.data.geometry import mode_of
-from ssad.data.readers import TestSample, read_sample, test_samples
+from ssad.data.readers import TestSample, check_on_bad, read_sample, test_samples
 from ssad.errors import BadImageError, DataError
 from ssad.images import resize
 from ssad.progress import progress_bar
@@ -38,11 +38,6 @@ class Scored(NamedTuple):
         if self.sample.defect == "unknown":
             return self.mask is not None and bool(self.mask.any())
         return self.sample.defect != "good"
-
-
-def check_on_bad(on_bad: str) -> None:
-    if on_bad not in ("error", "skip"):
-        raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
 
 
 class Scan:

@@ -102,12 +102,17 @@ def read_working(path: str | os.PathLike, data: DataConfig) -> np.ndarray:
     return _to_uint8(resize(x, *size))
 
 
+def check_on_bad(on_bad: str) -> None:
+    """``ValueError`` unless ``on_bad`` is ``"error"`` or ``"skip"`` (the bad-image policy)."""
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+
+
 def _read_each(paths: Sequence, on_bad: str, read) -> tuple[list, list[Path], list]:
     """``(read(path) of each readable path, those paths, BadImageError of the others)``: a
     ``BadImageError`` raises with ``on_bad="error"`` and is listed with ``"skip"``;
     ``DataError`` when no path is readable."""
-    if on_bad not in ("error", "skip"):
-        raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+    check_on_bad(on_bad)
     values, kept, skipped = [], [], []
     for path in map(Path, paths):
         try:
