@@ -24,7 +24,10 @@ def main(argv: list[str]) -> dict:
     args = p.parse_args(argv)
     if len(args.run) != len(args.data):
         p.error("give one --data per --run")
-    return {"runs": [_compare(run, data) for run, data in zip(args.run, args.data, strict=True)]}
+    from bench.quality import git_commit
+
+    runs = [_compare(run, data) for run, data in zip(args.run, args.data, strict=True)]
+    return {"runs": runs, "commit": git_commit()}
 
 
 def _compare(run: Path, data: Path) -> dict:

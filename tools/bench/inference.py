@@ -101,6 +101,7 @@ def main(argv: list[str]) -> dict:
     args = _parse(argv)
     import numpy as np
     import tensorflow as tf
+    from bench.quality import git_commit
 
     import ssad
     from ssad.config import DataConfig
@@ -181,4 +182,5 @@ def main(argv: list[str]) -> dict:
         "cpu_count": os.cpu_count(),
         "onednn_env": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
         "repeats": args.repeats,
+        "commit": git_commit(),
     }
