@@ -101,9 +101,9 @@ def main(argv: list[str]) -> dict:
     args = _parse(argv)
     import numpy as np
     import tensorflow as tf
-    from bench.quality import git_commit
 
     import ssad
+    from bench.quality import git_commit
     from ssad.config import DataConfig
     from ssad.detection import Detector
     from ssad.model import count_flops
