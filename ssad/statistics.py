@@ -8,9 +8,12 @@ place" (or "for this kind of structure") is what the heatmap shows:
 
 - ``pixel``: a mean and std map at the working resolution (aligned objects of one size);
 - ``global``: one mean and std per map (only matters when several maps are combined);
-- ``structure``: mean and std per quantile bin of the input's local gradient energy
+- ``structure``: mean and std as a function of the input's local gradient energy
   (``ssad.scoring.structure_guide``): textures, where a position means nothing but edges are
-  always harder than flat areas;
+  always harder than flat areas. They are stored at the centres of quantile bins of the guide
+  and interpolated linearly in between (fitted with the same interpolation weights), so the
+  normalisation is continuous in the guide: a rounding difference between runtimes cannot move
+  a pixel into another bin;
 - ``none``: the raw map.
 
 Few images give noisy per-pixel spreads, and a quiet region (a dark background) has a tiny
@@ -23,6 +26,7 @@ and the export hold the arrays as constants).
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,14 +44,14 @@ class GoodStatistics:
     """Mean and std of each of ``m`` raw error maps on good images.
 
     ``mean``/``std``: ``[m]`` (global, none), ``[h, w, m]`` (pixel) or ``[cells, m]``
-    (structure, with ``edges`` ``[g, bins - 1]``: the bin edges of each of the ``g`` guide
-    channels; a pixel's cell is the row-major index of its bins).
+    (structure, with ``centers`` ``[g, bins]``: the increasing bin centres of each of the ``g``
+    guide channels; cells are the row-major combinations of one centre per channel).
     """
 
     mode: str
     mean: np.ndarray
     std: np.ndarray
-    edges: np.ndarray
+    centers: np.ndarray
 
     def apply(self, maps: tf.Tensor, guide: tf.Tensor | None = None) -> tf.Tensor:
         """``(maps - mean) / std`` for raw maps ``[b, h, w, m]``; ``guide`` ``[b, h, w, g]``:
@@ -57,16 +61,16 @@ class GoodStatistics:
         std = tf.constant(self.std, tf.float32)
         if self.mode == "structure":
             guide = tf.cast(guide, tf.float32)
-            index = 0
-            for channel, edges in enumerate(self.edges):
-                flat = tf.reshape(guide[..., channel], [-1])
-                # the bin of each value, as searchsorted(side="right") counts it: the number of
-                # edges <= the value; a sum of comparisons that exporters convert
-                counts = tf.add_n([tf.cast(flat >= float(e), tf.float32) for e in edges])
-                bins = tf.cast(counts, tf.int32)  # (ONNX sums no integers)
-                index = index * (len(edges) + 1) + bins
-            index = tf.reshape(index, tf.shape(guide)[:-1])
-            mean, std = tf.gather(mean, index), tf.gather(std, index)  # [b, h, w, m]
+            flat = tf.reshape(guide, [-1, len(self.centers)])
+            weights = None  # [pixels, cells]: the interpolation weights of each cell
+            for channel, centers in enumerate(self.centers):
+                hats = _hats(flat[:, channel], centers)
+                weights = hats if weights is None else tf.reshape(
+                    weights[:, :, None] * hats[:, None, :], [tf.shape(flat)[0], -1]
+                )  # fmt: skip
+            shape = tf.concat([tf.shape(guide)[:-1], [self.mean.shape[-1]]], axis=0)
+            mean = tf.reshape(tf.matmul(weights, mean), shape)
+            std = tf.reshape(tf.matmul(weights, std), shape)
         elif self.mode == "pixel":
             maps = tf.ensure_shape(maps, [None, *self.mean.shape])
         return (maps - mean) / std
@@ -79,18 +83,25 @@ class GoodStatistics:
     # -- storage ----------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, mode=np.array(self.mode), mean=self.mean, std=self.std, edges=self.edges)
+        np.savez(
+            buffer, mode=np.array(self.mode), mean=self.mean, std=self.std, centers=self.centers
+        )
         return buffer.getvalue()
 
     @staticmethod
     def from_bytes(data: bytes, where: str = "statistics") -> GoodStatistics:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as f:
+                if "edges" in f.files:  # hard bins, written by an earlier ssad
+                    raise RunDirError(
+                        f"{where}: good-image statistics of an earlier ssad; "
+                        "run `ssad calibrate RUN` to refit them"
+                    )
                 stats = GoodStatistics(
                     str(f["mode"]),
                     f["mean"].astype(np.float32),
                     f["std"].astype(np.float32),
-                    f["edges"].astype(np.float32),
+                    f["centers"].astype(np.float32),
                 )
         except (OSError, EOFError, KeyError, ValueError) as e:
             raise RunDirError(f"{where}: unreadable good-image statistics ({e})") from None
@@ -137,23 +148,67 @@ def fit_statistics(
     if guides is None:
         raise ValueError("structure statistics need the structure guides")
     guide = np.concatenate([g.reshape(-1, g.shape[-1]) for g in guides]).astype(np.float64)
-    quantiles = np.linspace(0, 1, STRUCTURE_BINS + 1)[1:-1]
-    edges = np.stack([np.quantile(guide[:, c], quantiles) for c in range(guide.shape[1])])
-    index = np.zeros(len(guide), np.int64)
-    for c in range(guide.shape[1]):
-        index = index * STRUCTURE_BINS + np.searchsorted(edges[c], guide[:, c], side="right")
+    centers = np.stack([_bin_centers(guide[:, c]) for c in range(guide.shape[1])])
+    centers = centers.astype(np.float32).astype(np.float64)  # as stored and applied
     cells = STRUCTURE_BINS ** guide.shape[1]
-    count = np.bincount(index, minlength=cells)[:, None]
-    total = np.stack([np.bincount(index, values[:, j], cells) for j in range(m)], axis=1)
-    square = np.stack([np.bincount(index, values[:, j] ** 2, cells) for j in range(m)], axis=1)
-    mean = total / np.maximum(count, 1)
-    std = np.sqrt(np.maximum(square / np.maximum(count, 1) - mean**2, 0.0))
-    # a cell no good pixel fell into: the global statistics (what is unusual there is unknown)
-    empty = count[:, 0] == 0
+    # each pixel counts for the (up to 2**g) cells around it with the weights apply() uses
+    low, frac = zip(*(_lower_center(guide[:, c], centers[c]) for c in range(len(centers))))
+    count, total, square = np.zeros(cells), np.zeros((cells, m)), np.zeros((cells, m))
+    for corner in itertools.product((0, 1), repeat=len(centers)):
+        index, weight = np.zeros(len(guide), np.int64), np.ones(len(guide))
+        for c, bit in enumerate(corner):
+            index = index * STRUCTURE_BINS + low[c] + bit
+            weight = weight * (frac[c] if bit else 1 - frac[c])
+        count += np.bincount(index, weight, cells)
+        for j in range(m):
+            total[:, j] += np.bincount(index, weight * values[:, j], cells)
+            square[:, j] += np.bincount(index, weight * values[:, j] ** 2, cells)
+    count = count[:, None]
+    mean = total / np.maximum(count, 1e-12)
+    std = np.sqrt(np.maximum(square / np.maximum(count, 1e-12) - mean**2, 0.0))
+    # a cell no good pixel weighs on: the global statistics (what is unusual there is unknown)
+    empty = count[:, 0] < 1e-6
     mean[empty], std[empty] = values.mean(0), values.std(0)
     return GoodStatistics(
-        mode, mean.astype(np.float32), _floor(std, floor), edges.astype(np.float32)
+        mode, mean.astype(np.float32), _floor(std, floor), centers.astype(np.float32)
     )
+
+
+def _bin_centers(values: np.ndarray) -> np.ndarray:
+    """``STRUCTURE_BINS`` increasing centres of one guide channel: the mean value in each of
+    its quantile bins (an empty bin, where values tie: the middle of its edges), kept apart by
+    at least 1e-4 of the channel's range so that interpolation never divides by zero."""
+    edges = np.quantile(values, np.linspace(0, 1, STRUCTURE_BINS + 1))
+    bins = np.clip(np.searchsorted(edges[1:-1], values, side="right"), 0, STRUCTURE_BINS - 1)
+    count = np.bincount(bins, minlength=STRUCTURE_BINS)
+    centers = np.bincount(bins, values, STRUCTURE_BINS) / np.maximum(count, 1)
+    centers = np.where(count > 0, centers, (edges[:-1] + edges[1:]) / 2)
+    gap = 1e-4 * max(edges[-1] - edges[0], 1e-6)
+    for k in range(1, STRUCTURE_BINS):
+        centers[k] = max(centers[k], centers[k - 1] + gap)
+    return centers
+
+
+def _lower_center(values: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(k, t)``: each value lies a fraction ``t`` of the way from centre ``k`` to ``k + 1``
+    (clipped to [0, 1] beyond the outer centres), as ``_hats`` weighs it."""
+    k = np.clip(np.searchsorted(centers, values, side="right") - 1, 0, len(centers) - 2)
+    width = np.maximum(centers[k + 1] - centers[k], 1e-12)
+    t = np.clip((values - centers[k]) / width, 0.0, 1.0)
+    return k, t
+
+
+def _hats(values: tf.Tensor, centers: np.ndarray) -> tf.Tensor:
+    """Linear interpolation weights ``[n, bins]`` of ``values`` ``[n]`` between ``centers``
+    (each row sums to 1; beyond the outer centres all weight is on that centre): differences of
+    clipped ramps, elementwise ops that every exporter converts."""
+    ramps = [
+        tf.clip_by_value((values - float(a)) * float(1 / max(b - a, 1e-12)), 0.0, 1.0)
+        for a, b in itertools.pairwise(centers.astype(np.float64))
+    ]
+    hats = [1.0 - ramps[0]]
+    hats += [ramps[k - 1] - ramps[k] for k in range(1, len(ramps))]
+    return tf.stack([*hats, ramps[-1]], axis=-1)
 
 
 def _floor(std: np.ndarray, floor: float) -> np.ndarray:

@@ -54,7 +54,8 @@ def test_structure_statistics_remove_the_error_explained_by_the_guide():
     # good images: error grows with the local structure (edges are always harder)
     maps = [3 * g + rng.normal(0, 0.1 + g, g.shape) for g in guides]
     stats = fit_statistics("structure", maps, guides)
-    assert stats.edges.shape == (1, 15) and stats.mean.shape == (16, 1)
+    assert stats.centers.shape == (1, 16) and stats.mean.shape == (16, 1)
+    assert np.all(np.diff(stats.centers[0]) > 0)
     z = stats.apply(tf.constant(np.stack(maps), tf.float32), tf.constant(np.stack(guides)))
     z = z.numpy()[..., 0]
     guide = np.stack(guides)[..., 0]
@@ -70,7 +71,7 @@ def test_round_trip_and_bad_bytes():
     stats = fit_statistics("structure", _maps(n=4), [np.arange(320.0).reshape(16, 20, 1)] * 4)
     again = GoodStatistics.from_bytes(stats.to_bytes())
     assert again.mode == "structure"
-    for name in ("mean", "std", "edges"):
+    for name in ("mean", "std", "centers"):
         np.testing.assert_array_equal(getattr(again, name), getattr(stats, name))
     with pytest.raises(RunDirError, match="unreadable good-image statistics"):
         GoodStatistics.from_bytes(b"nonsense", "x.npz")
@@ -83,14 +84,43 @@ def test_none_is_the_identity():
     np.testing.assert_array_equal(stats.apply(x).numpy(), x.numpy())
 
 
-def test_structure_cells_are_the_bins_numpy_searchsorted_gives():
-    edges = np.array([[0.1, 0.5, 0.9], [0.2, 0.4, 0.6]], np.float32)  # 2 guide channels
-    cells = 4 * 4
-    stats = GoodStatistics("structure", np.arange(cells, dtype=np.float32)[:, None],
-                           np.ones((cells, 1), np.float32), edges)  # fmt: skip
+def test_structure_statistics_interpolate_between_bin_centers():
+    centers = np.array([[0.1, 0.5, 0.9], [0.2, 0.4, 0.6]], np.float32)  # 2 guide channels
+    table = np.arange(9, dtype=np.float32).reshape(3, 3) ** 1.5  # a value per cell
+    stats = GoodStatistics("structure", -table.reshape(9, 1), np.ones((9, 1), np.float32),
+                           centers)  # fmt: skip
     rng = np.random.default_rng(0)
-    guide = rng.random((2, 9, 7, 2)).astype(np.float32)
-    guide[0, 0, 0] = edges[:, 1]  # values exactly on an edge fall into the bin above it
-    got = -stats.apply(tf.zeros((2, 9, 7, 1)), tf.constant(guide)).numpy()[..., 0]
-    bins = [np.searchsorted(edges[g], guide[..., g], side="right") for g in range(2)]
-    np.testing.assert_array_equal(got, bins[0] * 4 + bins[1])
+    guide = rng.uniform(-0.2, 1.2, (2, 9, 7, 2)).astype(np.float32)  # beyond the centres too
+    guide[0, 0, 0] = centers[:, 1]  # exactly on a centre: that cell's value
+    got = stats.apply(tf.zeros((2, 9, 7, 1)), tf.constant(guide)).numpy()[..., 0]
+    # bilinear interpolation in NumPy, clamped at the outer centres
+    a = np.interp(guide[..., 0], centers[0], np.arange(3.0))
+    b = np.interp(guide[..., 1], centers[1], np.arange(3.0))
+    i, j = np.minimum(a.astype(int), 1), np.minimum(b.astype(int), 1)
+    s, t = a - i, b - j
+    want = ((1 - s) * (1 - t) * table[i, j] + s * (1 - t) * table[i + 1, j]
+            + (1 - s) * t * table[i, j + 1] + s * t * table[i + 1, j + 1])  # fmt: skip
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert got[0, 0, 0] == pytest.approx(table[1, 1], rel=1e-6)
+
+
+def test_structure_normalisation_is_continuous_in_the_guide():
+    rng = np.random.default_rng(2)
+    guides = [rng.random((32, 32, 1)) ** 3 for _ in range(6)]
+    stats = fit_statistics("structure", [3 * g + rng.random(g.shape) for g in guides], guides)
+    # values a float32 rounding step apart: at most a rounding step apart after normalising
+    # (hard bins jumped by the difference of two cells' means at every edge)
+    v = np.linspace(0, 1, 20001, dtype=np.float32)
+    w = np.nextafter(v, np.float32(2))
+    f = lambda x: stats.apply(tf.zeros((1, x.size, 1, 1)), tf.constant(x.reshape(1, -1, 1, 1)))
+    assert np.abs(f(v).numpy() - f(w).numpy()).max() < 1e-4
+
+
+def test_statistics_of_an_earlier_ssad_ask_for_recalibration():
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, mode=np.array("structure"), mean=np.zeros((16, 1)), std=np.ones((16, 1)),
+             edges=np.zeros((1, 15)))  # fmt: skip
+    with pytest.raises(RunDirError, match="ssad calibrate"):
+        GoodStatistics.from_bytes(buffer.getvalue(), "x.npz")
