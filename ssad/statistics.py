@@ -152,7 +152,9 @@ def fit_statistics(
     centers = centers.astype(np.float32).astype(np.float64)  # as stored and applied
     cells = STRUCTURE_BINS ** guide.shape[1]
     # each pixel counts for the (up to 2**g) cells around it with the weights apply() uses
-    low, frac = zip(*(_lower_center(guide[:, c], centers[c]) for c in range(len(centers))))
+    low, frac = zip(
+        *(_lower_center(g, c) for g, c in zip(guide.T, centers, strict=True)), strict=True
+    )
     count, total, square = np.zeros(cells), np.zeros((cells, m)), np.zeros((cells, m))
     for corner in itertools.product((0, 1), repeat=len(centers)):
         index, weight = np.zeros(len(guide), np.int64), np.ones(len(guide))

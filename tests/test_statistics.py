@@ -108,12 +108,18 @@ def test_structure_normalisation_is_continuous_in_the_guide():
     rng = np.random.default_rng(2)
     guides = [rng.random((32, 32, 1)) ** 3 for _ in range(6)]
     stats = fit_statistics("structure", [3 * g + rng.random(g.shape) for g in guides], guides)
-    # values a float32 rounding step apart: at most a rounding step apart after normalising
-    # (hard bins jumped by the difference of two cells' means at every edge)
-    v = np.linspace(0, 1, 20001, dtype=np.float32)
-    w = np.nextafter(v, np.float32(2))
-    f = lambda x: stats.apply(tf.zeros((1, x.size, 1, 1)), tf.constant(x.reshape(1, -1, 1, 1)))
-    assert np.abs(f(v).numpy() - f(w).numpy()).max() < 1e-4
+    # values a float32 rounding step apart, at the centres, between them and anywhere, stay
+    # close after normalising
+    # (hard bins jumped by the difference of two cells' means at each edge between centres)
+    c = stats.centers[0]
+    v = np.concatenate([c, (c[1:] + c[:-1]) / 2, np.linspace(0, 1, 2001)]).astype(np.float32)
+
+    def normalised(x):
+        return stats.apply(tf.zeros((1, x.size, 1, 1)), tf.constant(x.reshape(1, -1, 1, 1)))
+
+    for step in (np.float32(2), np.float32(-1)):
+        w = np.nextafter(v, step)
+        assert np.abs(normalised(v).numpy() - normalised(w).numpy()).max() < 1e-4
 
 
 def test_statistics_of_an_earlier_ssad_ask_for_recalibration():
