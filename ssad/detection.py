@@ -168,8 +168,9 @@ class Detector(BaseDetector):
         ``require_calibration=False``: a missing or bad calibration leaves the detector
         without thresholds (for ``ssad calibrate``). ``score_overrides``:
         ``{"score.image": "mean_max", ...}``; when they change the run's scoring, statistics
-        and thresholds are recomputed from the run's held-out good images. An ONNX
-        export (``ssad export --format onnx``) loads as ``ssad.runtimes.ExportedDetector``."""
+        and thresholds are recomputed from the run's held-out good images. An ONNX or
+        OpenVINO export (``ssad export --format onnx|openvino``) loads as
+        ``ssad.runtimes.ExportedDetector``."""
         from ssad.runtimes import ExportedDetector, model_file
 
         if model_file(run_dir) is not None:

@@ -1,14 +1,18 @@
-"""Export a run with the whole detector inside: a SavedModel for TF Serving, or an ONNX model
-for ONNX Runtime on the factory floor.
+"""Export a run with the whole detector inside: a SavedModel for TF Serving, or an ONNX or
+OpenVINO model for ONNX Runtime or OpenVINO on the factory floor.
 
 ``export(run_dir, export_base, format=...)`` writes ``export_base/N/`` (TF Serving's versioned
-layout): ``saved_model.pb`` and ``variables/``, or ``model.onnx``; ``assets.extra/`` keeps the
+layout): ``saved_model.pb`` and ``variables/``, ``model.onnx``, or ``model.xml`` and
+``model.bin`` (OpenVINO IR, float32 weights); ``assets.extra/`` keeps the
 run's config and calibration. The graph holds everything ``Detector`` does: resizing to the
 working geometry and back, padding to a multiple of 8, the autoencoder, the error maps,
 smoothing, the good-image statistics, the image score, and the stored thresholds, so the
 served model gives the same numbers as ``ssad predict`` with no client-side preprocessing.
 
-The ONNX model is converted with ``tf2onnx`` from ``serving_default``. Signatures (both return
+The ONNX model is converted with ``tf2onnx``, the OpenVINO one with ``openvino.convert_model``,
+both from ``serving_default``. OpenVINO computes in bfloat16 by default on CPUs that have it:
+compile with ``{"INFERENCE_PRECISION_HINT": "f32"}`` for ``Detector``'s numbers. Signatures
+(both return
 ``heatmap`` [b, h, w] float32, ``score`` [b] float32, ``mask`` [b, h, w] bool (heatmap >= pixel
 threshold), ``is_anomalous`` [b] bool (score >= image threshold) and ``reconstruction``
 [b, h, w, 3] float32 in [0, 1]):
@@ -35,8 +39,10 @@ from ssad.run import RunDir
 from ssad.scoring import anomaly_maps
 
 SIGNATURES = ("serving_default", "serving_bytes")
-FORMATS = ("saved_model", "onnx")
-MODEL_FILES = {"onnx": "model.onnx"}  # the model file of each format but the SavedModel
+FORMATS = ("saved_model", "onnx", "openvino")
+# the model file of each format but the SavedModel, and the module that writes it
+MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
+CONVERTERS = {"onnx": "tf2onnx", "openvino": "openvino"}
 ONNX_OPSET = 17
 
 
@@ -101,17 +107,17 @@ def export(
     version: int | None = None,
     format: str = "saved_model",
 ) -> Path:
-    """Write the run's detector in ``format`` (``saved_model`` or ``onnx``) to
+    """Write the run's detector in ``format`` (``saved_model``, ``onnx`` or ``openvino``) to
     ``export_base/version`` and return that path.
 
     ``version`` defaults to the next free number; an existing version folder is an error,
-    never overwritten. The folder appears complete or not at all. ``onnx`` needs the extra
-    ``pip install 'ssad[onnx]'``.
+    never overwritten. The folder appears complete or not at all. ``onnx`` and ``openvino``
+    need their extras: ``pip install 'ssad[onnx]'`` or ``'ssad[openvino]'``.
     """
     if format not in FORMATS:
         raise SsadError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    if format == "onnx":
-        require_extra("tf2onnx", format)
+    if format in CONVERTERS:
+        require_extra(CONVERTERS[format], format)
     base = Path(export_base)
     if version is None:
         version = next_version(base)
@@ -131,8 +137,10 @@ def export(
     with atomic_dir(target) as tmp:
         if format == "saved_model":
             tf.saved_model.save(module, str(tmp), signatures=signatures)
+        elif format == "onnx":
+            _to_onnx(module, tmp / MODEL_FILES[format])
         else:
-            _to_onnx(module, tmp / MODEL_FILES["onnx"])
+            _to_openvino(module, tmp / MODEL_FILES[format])
         extra = tmp / "assets.extra"  # TF Serving ignores this folder; kept for provenance
         extra.mkdir()
         for path in run.provenance():
@@ -156,3 +164,12 @@ def _to_onnx(module: ServingModule, path: Path) -> None:
     tf2onnx.convert.from_function(
         module.serving_default, input_signature=spec, opset=ONNX_OPSET, output_path=str(path)
     )
+
+
+def _to_openvino(module: ServingModule, path: Path) -> None:
+    """``serving_default`` as OpenVINO IR at ``path`` (``.xml`` and ``.bin``; weights kept in
+    float32, dynamic batch, height and width)."""
+    import openvino
+
+    model = openvino.convert_model(module.serving_default.get_concrete_function())
+    openvino.save_model(model, str(path), compress_to_fp16=False)

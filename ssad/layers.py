@@ -10,18 +10,23 @@ import tensorflow as tf
 PRUNE_PADDING_TAPS = True
 
 
-def dilated_conv2d(inputs, kernel, dilation_rate, padding: str = "SAME", strides=1):
+def dilated_conv2d(
+    inputs, kernel, dilation_rate, padding: str = "SAME", strides=1, export: bool = False
+):
     """``tf.nn.conv2d`` with ``dilation_rate``, minus the taps that can never meet data.
 
     With ``SAME`` padding and stride 1, a tap at offset ``d`` reads the input ``d`` pixels
     away, which lies inside a map of side ``n`` only when ``|d| < n``: taps farther out only
     ever multiply padding zeros. Where the map's size is known when the graph is built, they
     are cut from the kernel (a 5x5 kernel with rate >= the map's side becomes 1x1), which
-    gives the same result with less work. Unknown sizes keep the whole kernel.
+    gives the same result with less work. Unknown sizes keep the whole kernel; with
+    ``export`` (inference graphs only: TensorFlow has no gradient for it), their SAME padding
+    is written out as explicit pads, which exporters convert with dilations too.
     """
     rates = (dilation_rate, dilation_rate) if isinstance(dilation_rate, int) else dilation_rate
     rates = list(rates)
-    if PRUNE_PADDING_TAPS and padding.upper() == "SAME" and strides in (1, (1, 1), [1, 1]):
+    stride_1 = strides in (1, (1, 1), [1, 1])
+    if PRUNE_PADDING_TAPS and padding.upper() == "SAME" and stride_1:
         for axis in (0, 1):
             size, taps, rate = inputs.shape[1 + axis], kernel.shape[axis], rates[axis]
             centre = taps // 2
@@ -32,7 +37,14 @@ def dilated_conv2d(inputs, kernel, dilation_rate, padding: str = "SAME", strides
             kernel = kernel[index] if axis == 0 else kernel[:, index]
             if keep == 0:
                 rates[axis] = 1
-    return tf.nn.conv2d(inputs, kernel, strides=strides, padding=padding.upper(), dilations=rates)
+    if export and padding.upper() == "SAME" and stride_1 and None in inputs.shape[1:3]:
+        # exporters turn SAME on maps of unknown size into auto_pad, which ONNX Runtime does
+        # not run with dilations
+        totals = [rate * (taps - 1) for rate, taps in zip(rates, kernel.shape[:2], strict=True)]
+        padding = [[0, 0], *([t // 2, t - t // 2] for t in totals), [0, 0]]
+    elif isinstance(padding, str):
+        padding = padding.upper()
+    return tf.nn.conv2d(inputs, kernel, strides=strides, padding=padding, dilations=rates)
 
 
 @keras.saving.register_keras_serializable(package="ssad")

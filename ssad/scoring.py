@@ -46,27 +46,21 @@ def gaussian_kernel(sigma: float) -> tf.Tensor:
 
 
 def gaussian_smooth(maps: tf.Tensor, sigma: float) -> tf.Tensor:
-    """Separable Gaussian blur of ``[b, h, w]`` (or of each channel of ``[b, h, w, m]``);
-    borders renormalised (valid for any size)."""
+    """Separable Gaussian blur of ``[b, h, w]`` (or of each channel of ``[b, h, w, m]``, ``m``
+    static); borders renormalised (valid for any size)."""
     if sigma <= 0:
         return maps
-    if maps.shape.rank == 4:
-        stacked = tf.transpose(maps, [3, 0, 1, 2])  # [m, b, h, w]
-        shape = tf.shape(stacked)
-        flat = tf.reshape(stacked, tf.concat([[-1], shape[2:]], 0))
-        smooth = tf.reshape(gaussian_smooth(flat, sigma), shape)
-        return tf.transpose(smooth, [1, 2, 3, 0])
-    k = gaussian_kernel(sigma)
-    kx = tf.reshape(k, (1, -1, 1, 1))
-    ky = tf.reshape(k, (-1, 1, 1, 1))
+    x = maps if maps.shape.rank == 4 else maps[..., None]
+    k = tf.reshape(gaussian_kernel(sigma), (-1, 1, 1, 1))
+    ky = tf.tile(k, [1, 1, x.shape[-1], 1])  # [taps, 1, m, 1]: each channel on its own
+    kx = tf.transpose(ky, [1, 0, 2, 3])
 
     def blur(t):
-        t = tf.nn.conv2d(t, kx, strides=1, padding="SAME")
-        return tf.nn.conv2d(t, ky, strides=1, padding="SAME")
+        t = tf.nn.depthwise_conv2d(t, kx, [1, 1, 1, 1], padding="SAME")
+        return tf.nn.depthwise_conv2d(t, ky, [1, 1, 1, 1], padding="SAME")
 
-    x = maps[..., None]
-    weight = blur(tf.ones_like(x[:1]))
-    return (blur(x) / weight)[..., 0]
+    out = blur(x) / blur(tf.ones_like(x[:1]))
+    return out if maps.shape.rank == 4 else out[..., 0]
 
 
 def pad_to_multiple(images: tf.Tensor, multiple: int = 8) -> tf.Tensor:
@@ -115,7 +109,7 @@ def _conv(conv, bn, x, dtype):
             dilation_rate=conv.dilation_rate,
         )
     else:  # tf.nn.convolution (what Keras calls) would run dilations as space-to-batch
-        y = dilated_conv2d(x, kernel, conv.dilation_rate, conv.padding, conv.strides)
+        y = dilated_conv2d(x, kernel, conv.dilation_rate, conv.padding, conv.strides, export=True)
     if bias is not None:
         y = tf.nn.bias_add(y, bias)
     return conv.activation(y)
@@ -178,23 +172,36 @@ def reconstruct(model, x: tf.Tensor, dtype: str = "float32", tile: int = 0) -> t
     th, tw = _min(tile, height), _min(tile, width)
     starts_h = _tile_starts(height, th, tile - 2 * margin - ramp)
     starts_w = _tile_starts(width, tw, tile - 2 * margin - ramp)
-    n_w = tf.size(starts_w)
 
-    def body(i, total, weight):
-        top, left = starts_h[i // n_w], starts_w[i % n_w]
+    def weighted_tile(top, left):
+        """One tile's weighted output and weights, zero-padded to the whole image."""
         part = tf.slice(padded, tf.stack([0, top, left, 0]), [-1, th, tw, 3])
         w = (_edge_weights(top, th, height, margin, ramp)[:, None]
              * _edge_weights(left, tw, width, margin, ramp)[None, :])  # fmt: skip
         out = inference_forward(model, part, dtype) * w[None, :, :, None]
         where = [[0, 0], [top, height - top - th], [left, width - left - tw], [0, 0]]
-        return i + 1, total + tf.pad(out, where), weight + tf.pad(w, where[1:3])
+        return tf.pad(out, where), tf.pad(w, where[1:3])
 
-    zeros = tf.zeros_like(padded)
-    _, total, weight = tf.while_loop(
-        lambda i, *_: i < tf.size(starts_h) * n_w,
-        body,
-        [tf.constant(0), zeros, zeros[0, :, :, 0]],
-    )
+    if isinstance(starts_h, list) and isinstance(starts_w, list):
+        # a static size (a square working geometry): the tiles unrolled, no loop, so that
+        # every exporter converts the graph; one tile is the whole image
+        if len(starts_h) * len(starts_w) == 1:
+            return inference_forward(model, padded, dtype)[:, : size[0], : size[1], :]
+        parts = [weighted_tile(top, left) for top in starts_h for left in starts_w]
+        total, weight = tf.add_n([p[0] for p in parts]), tf.add_n([p[1] for p in parts])
+    else:
+        n_w = tf.size(starts_w)
+
+        def body(i, total, weight):
+            out, w = weighted_tile(starts_h[i // n_w], starts_w[i % n_w])
+            return i + 1, total + out, weight + w
+
+        zeros = tf.zeros_like(padded)
+        _, total, weight = tf.while_loop(
+            lambda i, *_: i < tf.size(starts_h) * n_w,
+            body,
+            [tf.constant(0), zeros, zeros[0, :, :, 0]],
+        )
     return (total / weight[None, :, :, None])[:, : size[0], : size[1], :]
 
 
@@ -211,11 +218,16 @@ def _min(a, b):
     return min(a, b) if isinstance(b, int) else tf.minimum(a, b)
 
 
-def _tile_starts(length, tile, stride: int) -> tf.Tensor:
+def _tile_starts(length, tile, stride: int):
     """Start offsets (multiples of 8) of tiles of ``tile`` covering ``length`` with steps of
-    ``stride``; the last tile ends at ``length``."""
+    ``stride``; the last tile ends at ``length``. A list for static sizes, else a tensor."""
+    # ceil((length - tile) / stride) with non-negative operands only: exporters turn integer
+    # floor division into ONNX's truncating Div
+    if isinstance(length, int) and isinstance(tile, int):
+        n = 1 + (max(0, length - tile) + stride - 1) // stride
+        return [min(i * stride, length - tile) for i in range(n)]
     length, tile = tf.convert_to_tensor(length), tf.convert_to_tensor(tile)
-    n = 1 + tf.maximum(0, -(-(length - tile) // stride))
+    n = 1 + (tf.maximum(0, length - tile) + stride - 1) // stride
     return tf.minimum(tf.range(n) * stride, length - tile)
 
 

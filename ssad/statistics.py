@@ -178,16 +178,15 @@ def fit_statistics(
 
 def _bin_centers(values: np.ndarray) -> np.ndarray:
     """``STRUCTURE_BINS`` increasing centres of one guide channel: the mean value in each of
-    its quantile bins (an empty bin, where values tie: the middle of its edges), kept apart by
-    at least 1e-4 of the channel's range so that interpolation never divides by zero."""
+    its quantile bins (an empty bin, where values tie: the middle of its edges), each at least
+    a relative 1e-6 above the one before, so that interpolation never divides by zero."""
     edges = np.quantile(values, np.linspace(0, 1, STRUCTURE_BINS + 1))
     bins = np.clip(np.searchsorted(edges[1:-1], values, side="right"), 0, STRUCTURE_BINS - 1)
     count = np.bincount(bins, minlength=STRUCTURE_BINS)
     centers = np.bincount(bins, values, STRUCTURE_BINS) / np.maximum(count, 1)
     centers = np.where(count > 0, centers, (edges[:-1] + edges[1:]) / 2)
-    gap = 1e-4 * max(edges[-1] - edges[0], 1e-6)
-    for k in range(1, STRUCTURE_BINS):
-        centers[k] = max(centers[k], centers[k - 1] + gap)
+    for k in range(1, STRUCTURE_BINS):  # (a few float32 steps: ties stay almost a step)
+        centers[k] = max(centers[k], centers[k - 1] + max(1e-6 * abs(centers[k - 1]), 1e-12))
     return centers
 
 

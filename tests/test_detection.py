@@ -10,6 +10,7 @@ from helpers import make_run_dir
 from ssad.calibration import calibrate_f1, calibrate_on_good
 from ssad.detection import BaseDetector, Detector, Ensemble, load_detector
 from ssad.errors import RunDirError, VersionError
+from ssad.images import write_png
 from ssad.run import Calibration, RunDir
 from ssad.statistics import fit_statistics
 
@@ -190,8 +191,34 @@ def test_calibrate_command_stores_thresholds(tmp_path):
     assert result.exit_code == 0, result.output
     calibration = RunDir(run).read_calibration()
     assert calibration.method == "good-quantile" and calibration.n_images == 3
+    result = CliRunner().invoke(main, ["calibrate", str(run)])  # no held-out images
+    assert result.exit_code == 1 and "held-out" in result.output
+
+
+def test_calibrate_without_data_refits_on_the_held_out_images(tmp_path):
+    """What a run whose statistics an earlier ssad wrote is told to do."""
+    import io
+
+    from click.testing import CliRunner
+
+    from ssad.cli import main
+
+    rng = np.random.default_rng(3)
+    heldout = [tmp_path / f"good{i}.png" for i in range(4)]
+    for path in heldout:
+        write_png(path, rng.random((64, 64, 3)).astype(np.float32))
+    run = make_run_dir(tmp_path / "run", heldout=heldout)
+    buffer = io.BytesIO()  # hard-binned structure statistics, as an earlier ssad wrote them
+    np.savez(buffer, mode=np.array("structure"), mean=np.zeros((16, 1)), std=np.ones((16, 1)),
+             edges=np.zeros((1, 15)))  # fmt: skip
+    RunDir(run).statistics_path.write_bytes(buffer.getvalue())
+    with pytest.raises(RunDirError, match="ssad calibrate RUN"):
+        Detector.load(run)
     result = CliRunner().invoke(main, ["calibrate", str(run)])
-    assert result.exit_code == 1 and "give DATA_DIR" in result.output
+    assert result.exit_code == 0, result.output
+    calibration = RunDir(run).read_calibration()
+    assert calibration.method == "good-quantile" and calibration.n_images == 4
+    assert Detector.load(run).statistics.centers.shape == (1, 16)
 
 
 def test_a_calibration_from_before_the_scoring_options_keeps_its_scoring(tmp_path):

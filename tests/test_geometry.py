@@ -102,17 +102,31 @@ def test_tiles_give_the_whole_image_result_where_the_receptive_field_fits():
     model = build_autoencoder(cfg.model)
     assert receptive_radius(model) == 96  # <= the margin of 768-px tiles (768 / 8)
     x = tf.random.stateless_uniform((2, 61, 1601, 3), seed=(1, 2))
-    starts = _tile_starts(1608, 768, 768 - 3 * 96).numpy()
-    assert list(starts) == [0, 480, 840]  # three tiles along the width, offsets multiples of 8
+    starts = _tile_starts(1608, 768, 768 - 3 * 96)
+    assert starts == [0, 480, 840]  # three tiles along the width, offsets multiples of 8
     whole = reconstruct(model, x).numpy()
-    tiled = reconstruct(model, x, tile=768).numpy()
+    tiled = reconstruct(model, x, tile=768).numpy()  # a static size: the tiles unrolled
     assert tiled.shape == whole.shape == (2, 61, 1601, 3)
     np.testing.assert_allclose(tiled, whole, atol=2e-5)
+    # sizes known only at run time: the same tiles in a loop
+    looped = tf.function(lambda t: reconstruct(model, t, tile=768), autograph=False)
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    np.testing.assert_allclose(looped.get_concrete_function(spec)(x).numpy(), tiled, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [64, 100, 136, 200, 1000, 1608])
+def test_tile_starts_are_the_same_static_or_as_a_tensor(length):
+    # (the tensor form avoids negative floor division, which ONNX would truncate)
+    static = _tile_starts(length, min(64, length), 40)
+    assert static[0] == 0 and static[-1] == length - min(64, length)
+    assert all(b - a <= 40 for a, b in zip(static, static[1:], strict=False))
+    tensor = _tile_starts(tf.constant(length), tf.constant(min(64, length)), 40)
+    assert tensor.numpy().tolist() == static
 
 
 def test_blend_weights_vanish_near_inner_edges_and_cover_every_pixel():
     # a 1000-px axis in tiles of 256 with margin 16 and ramp 32
-    starts = _tile_starts(1000, 256, 256 - 2 * 16 - 32).numpy()
+    starts = _tile_starts(1000, 256, 256 - 2 * 16 - 32)
     total = np.zeros(1000)
     for s in starts:
         w = _edge_weights(tf.constant(s), 256, 1000, 16, 32).numpy()

@@ -1,5 +1,5 @@
-"""ONNX exports: the whole detector converts, loads without ssad and agrees with ``Detector``;
-``Detector.load`` and ``ssad predict`` take an export."""
+"""ONNX and OpenVINO exports: the whole detector converts, loads without ssad and agrees with
+``Detector``; ``Detector.load`` and ``ssad predict`` take an export."""
 
 import json
 import subprocess
@@ -14,16 +14,16 @@ from helpers import make_run_dir
 from ssad.calibration import calibrate_on_good
 from ssad.cli import main
 from ssad.detection import Detector
-from ssad.export import export
+from ssad.export import CONVERTERS, MODEL_FILES, export
 from ssad.images import read_image, write_png
 from ssad.run import RunDir
 from ssad.runtimes import ExportedDetector
 
-pytest.importorskip("tf2onnx")
-pytest.importorskip("onnxruntime")
+FORMATS = {"onnx": ("tf2onnx", "onnxruntime"), "openvino": ("openvino",)}
 
-# Runs in a fresh interpreter: only the runtime and NumPy, never ssad.
-_RUN_OUTSIDE = """
+# Run in a fresh interpreter: only the runtime and NumPy, never ssad.
+_RUN_OUTSIDE = {
+    "onnx": """
 import sys
 import numpy as np
 import onnxruntime
@@ -34,7 +34,19 @@ names = [o.name for o in session.get_outputs()]
 out = dict(zip(names, session.run(None, {"images": x})))
 assert "ssad" not in sys.modules
 np.savez(inputs + ".out.npz", **out)
-"""
+""",
+    "openvino": """
+import sys
+import numpy as np
+import openvino
+model, inputs = sys.argv[1:3]
+x = np.load(inputs)
+compiled = openvino.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+out = {o.get_any_name(): v for o, v in compiled({"images": x}).items()}
+assert "ssad" not in sys.modules
+np.savez(inputs + ".out.npz", **out)
+""",
+}
 
 
 def _images():
@@ -42,24 +54,34 @@ def _images():
     return [rng.random((2, 200, 152, 3)).astype(np.float32), rng.random((1, 64, 64, 3))]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny run calibrated on good images: structure statistics and quantile thresholds."""
-    run = make_run_dir(tmp_path_factory.mktemp("run") / "run")
+@pytest.fixture(scope="module", params=["square", "native"])
+def run(request, tmp_path_factory):
+    """A tiny run calibrated on good images: structure statistics and quantile thresholds;
+    ``square``: a static working size (tiles unrolled), ``native``: any size (a tile loop)."""
+    overrides = {"data.resize": request.param, "score.tile": 64}
+    if request.param == "square":
+        overrides["data.resolution"] = 128  # several tiles
+    run = make_run_dir(tmp_path_factory.mktemp("run") / "run", overrides=overrides)
     good = list(np.random.default_rng(1).random((6, 64, 64, 3)).astype(np.float32))
     calibration, statistics = calibrate_on_good(Detector.load(run), good)
     RunDir(run).write_calibration(calibration, statistics)
     return run
 
 
-@pytest.fixture(scope="module")
-def exported(run, tmp_path_factory):
-    return export(run, tmp_path_factory.mktemp("exports") / "onnx", format="onnx")
+@pytest.fixture(scope="module", params=sorted(FORMATS))
+def exported(request, run, tmp_path_factory):
+    for module in FORMATS[request.param]:
+        pytest.importorskip(module)
+    return export(run, tmp_path_factory.mktemp("exports") / "e", format=request.param)
 
 
-def test_onnx_export_outside_ssad_matches_the_detector(run, exported, tmp_path):
+def _format(target: Path) -> str:
+    return "onnx" if (target / "model.onnx").is_file() else "openvino"
+
+
+def test_export_outside_ssad_matches_the_detector(run, exported, tmp_path):
     target = exported
-    model = target / "model.onnx"
+    model = target / MODEL_FILES[_format(target)]
     assert model.is_file() and (target / "assets.extra" / "calibration.json").is_file()
     detector = Detector.load(run)
     assert detector.statistics.mode == "structure"
@@ -67,7 +89,7 @@ def test_onnx_export_outside_ssad_matches_the_detector(run, exported, tmp_path):
         images = images.astype(np.float32)
         path = tmp_path / f"images{i}.npy"
         np.save(path, images)
-        code = [sys.executable, "-c", _RUN_OUTSIDE, str(model), str(path)]
+        code = [sys.executable, "-c", _RUN_OUTSIDE[_format(target)], str(model), str(path)]
         subprocess.run(code, check=True, capture_output=True, text=True)
         got = np.load(str(path) + ".out.npz")
         want = detector.predict(images)
@@ -83,14 +105,14 @@ def test_onnx_export_outside_ssad_matches_the_detector(run, exported, tmp_path):
     np.testing.assert_allclose(loaded.heatmap(images), detector.heatmap(images), atol=1e-4)
 
 
-def test_predict_takes_an_onnx_export_and_a_missing_extra_is_one_line(
+def test_predict_takes_an_export_and_a_missing_extra_is_one_line(
     run, exported, tmp_path, monkeypatch
 ):
-    target = exported
+    target, format = exported, _format(exported)
     write_png(tmp_path / "part.png", _images()[0][0])
     result = CliRunner().invoke(
-        main, ["predict", str(target / "model.onnx"), str(tmp_path / "part.png"), "--out",
-               str(tmp_path / "out")],
+        main, ["predict", str(target / MODEL_FILES[format]), str(tmp_path / "part.png"),
+               "--out", str(tmp_path / "out")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     (row,) = json.loads((tmp_path / "out" / "scores.json").read_text())
@@ -99,34 +121,33 @@ def test_predict_takes_an_onnx_export_and_a_missing_extra_is_one_line(
 
     import importlib.util
 
-    real = importlib.util.find_spec
+    real, missing = importlib.util.find_spec, CONVERTERS[format]
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "tf2onnx" else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a)
     )
     result = CliRunner().invoke(
-        main, ["export", str(run), str(tmp_path / "e2"), "--format", "onnx"]
+        main, ["export", str(run), str(tmp_path / "e2"), "--format", format]
     )
     assert result.exit_code == 1
     assert result.stderr.strip() == (
-        "error: the onnx format needs tf2onnx: pip install 'ssad[onnx]'"
+        f"error: the {format} format needs {missing}: pip install 'ssad[{format}]'"
     )
 
 
 def test_serving_doc_runs_the_export_without_ssad(exported, tmp_path, monkeypatch):
     import re
 
+    format = _format(exported)
+    runtime = {"onnx": "import onnxruntime", "openvino": "import openvino"}[format]
     doc = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
-    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "onnxruntime" in b]
-    (tmp_path / "export" / "tire_onnx").mkdir(parents=True)
-    (tmp_path / "export" / "tire_onnx" / "1").symlink_to(exported)
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if runtime in b]
+    (tmp_path / "export" / f"tire_{format}").mkdir(parents=True)
+    (tmp_path / "export" / f"tire_{format}" / "1").symlink_to(exported)
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(snippet, namespace)
-    assert namespace["out"]["score"].shape == (1,) and namespace["out"]["mask"].shape == (
-        1,
-        240,
-        320,
-    )
+    out = namespace["out"]
+    assert out["score"].shape == (1,) and out["mask"].shape == (1, 240, 320)
 
 
 def test_export_parity_section_compares_every_test_image(run, tmp_path):

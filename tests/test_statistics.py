@@ -130,3 +130,14 @@ def test_statistics_of_an_earlier_ssad_ask_for_recalibration():
              edges=np.zeros((1, 15)))  # fmt: skip
     with pytest.raises(RunDirError, match="ssad calibrate"):
         GoodStatistics.from_bytes(buffer.getvalue(), "x.npz")
+
+
+def test_bin_centres_are_the_bin_means_of_a_heavy_tailed_guide():
+    # mostly flat areas and a few strong edges (a tire): the centres must not be spread out
+    rng = np.random.default_rng(4)
+    guide = rng.exponential(1e-4, (100, 200, 1))
+    guide[0, :10] = 10.0
+    stats = fit_statistics("structure", [np.ones_like(guide)], [guide])
+    values = np.sort(guide.ravel())
+    means = [part.mean() for part in np.array_split(values, 16)]  # equal-count bins
+    np.testing.assert_allclose(stats.centers[0], means, rtol=1e-3)

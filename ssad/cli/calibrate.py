@@ -26,6 +26,8 @@ def calibrate(run_dir, data_dir, method, threshold, batch_size, on_bad):
     """Choose and store RUN_DIR's thresholds (RUN_DIR/calibration.json).
 
     DATA_DIR: an MVTec AD category (test/<defect>/, ground_truth/<defect>/) or a folder.
+    Without DATA_DIR or --threshold: refit the good-image statistics and thresholds on the
+    run's held-out good images, as training does.
     """
     import json
 
@@ -39,7 +41,14 @@ def calibrate(run_dir, data_dir, method, threshold, batch_size, on_bad):
     if threshold is not None:
         calibration = detector.with_threshold(threshold).calibration
     elif data_dir is None:
-        raise SsadError("give DATA_DIR to calibrate on, or --threshold")
+        run = RunDir(run_dir)
+        if not run.heldout_path.is_file():
+            raise SsadError(
+                f"{run_dir} lists no held-out good images ({run.heldout_path.name}): give "
+                "DATA_DIR or --threshold"
+            )
+        images = run.read_heldout()
+        calibration, statistics = calibrate_on_good(detector, images, batch_size=batch_size)
     elif method == "f1":
         calibration, skipped = calibrate_f1(detector, data_dir, batch_size, on_bad, progress=True)
     else:

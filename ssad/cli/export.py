@@ -19,15 +19,16 @@ from ssad.cli._common import command
 @click.option(
     "--format",
     "format_",
-    type=click.Choice(["saved_model", "onnx"]),
+    type=click.Choice(["saved_model", "onnx", "openvino"]),
     default="saved_model",
     show_default=True,
-    help="saved_model: TF Serving; onnx: ONNX Runtime (pip install 'ssad[onnx]').",
+    help="saved_model: TF Serving; onnx: ONNX Runtime (pip install 'ssad[onnx]'); "
+    "openvino: OpenVINO IR (pip install 'ssad[openvino]').",
 )
 def export(run_dir: str, export_base: str, version: int | None, format_: str) -> None:
     """Export RUN_DIR to EXPORT_BASE/N/: the whole detector (resizing, model, heatmap, score,
-    thresholds) as a SavedModel (signatures serving_default and serving_bytes) or an ONNX
-    model."""
+    thresholds) as a SavedModel (signatures serving_default and serving_bytes), an ONNX
+    model or an OpenVINO model."""
     from ssad.export import export as export_run
 
     path = export_run(run_dir, export_base, version, format_)

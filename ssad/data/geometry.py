@@ -50,11 +50,11 @@ def to_working(images: tf.Tensor, data: DataConfig | None) -> tf.Tensor:
     mode = "native" if data is None else mode_of(data)
     if mode == "native" or (mode == "scale" and _factor(data) == 1.0):
         return images
-    if mode == "square":
-        size = tf.constant([data.resolution, data.resolution])
-    else:
-        hw = tf.cast(tf.shape(images)[1:3], tf.float64)
-        size = tf.maximum(tf.cast(tf.floor(hw * _factor(data) + 0.5), tf.int32), 1)
+    if mode == "square":  # a static size: the graph's tiles unroll (ssad.scoring.reconstruct)
+        r = data.resolution
+        return tf.ensure_shape(resize_antialiased(images, [r, r]), [None, r, r, images.shape[-1]])
+    hw = tf.cast(tf.shape(images)[1:3], tf.float64)
+    size = tf.maximum(tf.cast(tf.floor(hw * _factor(data) + 0.5), tf.int32), 1)
     return resize_antialiased(images, size)
 
 
