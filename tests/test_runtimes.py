@@ -151,13 +151,38 @@ def test_serving_doc_runs_the_export_without_ssad(exported, tmp_path, monkeypatc
 
 
 def test_export_parity_section_compares_every_test_image(run, tmp_path):
+    for module in ("tf2onnx", "onnxruntime", "openvino"):
+        pytest.importorskip(module)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     from bench import export_parity
 
     from ssad.demo_data import make_demo_data
 
     data = make_demo_data(tmp_path / "data", n_train=1, n_good=2, n_defect=1, size=40)
-    (row,) = export_parity.main(["--run", str(run), "--data", str(data)])["runs"]
-    assert row["n_images"] == 2 + 4  # two good images, one per defect type
-    assert row["max_abs_heatmap_diff"] < 1e-4 and row["max_rel_score_diff"] < 1e-5
-    assert row["mask_pixels_differing"] == 0 and row["labels_differing"] == 0
+    args = ["--run", str(run), "--data", str(data), "--odd-size", "30x22"]
+    rows = export_parity.main(args)["runs"]
+    assert [row["format"] for row in rows] == ["onnx", "openvino"]
+    for row in rows:
+        assert row["n_images"] == 2 + 4  # two good images, one per defect type
+        assert row["max_abs_heatmap_diff"] < 1e-4 and row["max_rel_score_diff"] < 1e-5
+        assert row["mask_pixels_differing"] == 0 and row["labels_differing"] == 0
+
+
+def test_inference_benchmark_times_each_runtime_on_the_same_graph():
+    for module in ("tf2onnx", "onnxruntime", "openvino"):
+        pytest.importorskip(module)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from bench import inference
+
+    args = ["--presets", "tiny", "--sizes", "64", "--batches", "2", "--repeats", "1"]
+    out = inference.main([*args, "--dtypes", "float32", "--runtimes", "tf,onnx,openvino"])
+    rows = {row["runtime"]: row for row in out["results"]}
+    assert list(rows) == ["tf", "onnx", "openvino"]
+    for runtime in ("onnx", "openvino"):
+        assert rows[runtime]["max_abs_heatmap_diff_vs_tf_float32"] < 1e-4
+        speedup = rows[runtime]["images_per_s"] / rows["tf"]["images_per_s"]
+        assert rows[runtime]["speedup_vs_tf_float32"] == pytest.approx(speedup)
+    flops, rate = rows["tf"]["flop_per_image"], rows["tf"]["images_per_s"]
+    assert rows["tf"]["fraction_of_matmul_peak"] == pytest.approx(
+        flops * rate / out["matmul_flops_per_s"]["float32"]
+    )

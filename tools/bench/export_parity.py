@@ -1,12 +1,14 @@
-"""Section ``export-parity``: an ONNX export against ``Detector`` on real test images.
+"""Section ``export-parity``: ONNX and OpenVINO exports against ``Detector`` on real images.
 
     python tools/benchmark.py export-parity --run RUN_DIR --data DIR [--run ... --data ...]
+        [--formats onnx,openvino] [--odd-size 200x152]
 
-Exports each run with ``ssad export --format onnx`` into a temporary folder, scores every test
-image of its data set (each at its own size, one at a time) with ONNX Runtime and with
-``Detector``, and reports per run the largest heatmap difference and the share of pixels that
-differ by more than 1e-4, the largest relative score difference, the mask pixels and image
-labels that differ, and both runtimes' seconds per image.
+Exports each run with ``ssad export --format F`` into a temporary folder, scores every test
+image of its data set (each at its own size, one at a time, and once more cropped at its
+centre to ``--odd-size``) with the export (OpenVINO in float32) and with ``Detector``, and
+reports per run and format the largest heatmap difference and the share of pixels that differ
+by more than 1e-4, the largest relative score difference, the mask pixels and image labels
+that differ, and both runtimes' seconds per image (full-size images).
 """
 
 from __future__ import annotations
@@ -21,16 +23,29 @@ def main(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="benchmark.py export-parity", description=__doc__)
     p.add_argument("--run", action="append", type=Path, required=True, help="run directory")
     p.add_argument("--data", action="append", type=Path, required=True, help="its data set")
+    p.add_argument("--formats", default="onnx,openvino", help="comma-separated export formats")
+    p.add_argument("--odd-size", default="200x152", help="HxW centre crop also compared")
     args = p.parse_args(argv)
     if len(args.run) != len(args.data):
         p.error("give one --data per --run")
     from bench.quality import git_commit
 
-    runs = [_compare(run, data) for run, data in zip(args.run, args.data, strict=True)]
-    return {"runs": runs, "commit": git_commit()}
+    odd = tuple(int(v) for v in args.odd_size.split("x"))
+    runs = [
+        _compare(run, data, format, odd)
+        for run, data in zip(args.run, args.data, strict=True)
+        for format in args.formats.split(",")
+    ]
+    return {"runs": runs, "odd_size": list(odd), "commit": git_commit()}
 
 
-def _compare(run: Path, data: Path) -> dict:
+def _crop(image, size: tuple[int, int]):
+    h, w = min(size[0], image.shape[0]), min(size[1], image.shape[1])
+    top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    return image[top : top + h, left : left + w]
+
+
+def _compare(run: Path, data: Path, format: str, odd: tuple[int, int]) -> dict:
     import numpy as np
 
     from ssad.data.readers import read_sample, test_samples
@@ -40,30 +55,34 @@ def _compare(run: Path, data: Path) -> dict:
 
     detector = Detector.load(run)
     worst = {"heatmap": 0.0, "score_rel": 0.0, "mask_pixels": 0, "labels": 0, "over": 0, "px": 0}
-    seconds = {"tensorflow": 0.0, "onnx": 0.0}
+    seconds = {"tensorflow": 0.0, format: 0.0}
     with tempfile.TemporaryDirectory(prefix="ssad-parity-") as tmp:
-        exported = ExportedDetector(export(run, Path(tmp) / "export", format="onnx"))
+        exported = ExportedDetector(export(run, Path(tmp) / "export", format=format))
         samples = test_samples(data)
         for sample in samples:
-            image = read_sample(sample)[0][None]
-            t0 = time.perf_counter()
-            want = detector.predict(image)
-            t1 = time.perf_counter()
-            got = exported.predict(image)
-            seconds["onnx"] += time.perf_counter() - t1
-            seconds["tensorflow"] += t1 - t0
-            diff = np.abs(got["heatmap"] - want["heatmap"])
-            worst["heatmap"] = max(worst["heatmap"], float(diff.max()))
-            worst["over"] += int((diff > 1e-4).sum())
-            worst["px"] += diff.size
-            rel = np.abs(got["score"] - want["score"]) / np.maximum(np.abs(want["score"]), 1e-12)
-            worst["score_rel"] = max(worst["score_rel"], float(rel.max()))
-            worst["mask_pixels"] += int((got["mask"] != want["mask"]).sum())
-            worst["labels"] += int((got["is_anomalous"] != want["is_anomalous"]).sum())
+            image = read_sample(sample)[0]
+            for i, x in enumerate((image[None], _crop(image, odd)[None])):
+                t0 = time.perf_counter()
+                want = detector.predict(x)
+                t1 = time.perf_counter()
+                got = exported.predict(x)
+                if i == 0:
+                    seconds[format] += time.perf_counter() - t1
+                    seconds["tensorflow"] += t1 - t0
+                diff = np.abs(got["heatmap"] - want["heatmap"])
+                worst["heatmap"] = max(worst["heatmap"], float(diff.max()))
+                worst["over"] += int((diff > 1e-4).sum())
+                worst["px"] += diff.size
+                score = np.maximum(np.abs(want["score"]), 1e-12)
+                rel = np.abs(got["score"] - want["score"]) / score
+                worst["score_rel"] = max(worst["score_rel"], float(rel.max()))
+                worst["mask_pixels"] += int((got["mask"] != want["mask"]).sum())
+                worst["labels"] += int((got["is_anomalous"] != want["is_anomalous"]).sum())
     n = len(samples)
     return {
         "run": str(run),
         "dataset": data.resolve().name,
+        "format": format,
         "n_images": n,
         "max_abs_heatmap_diff": worst["heatmap"],
         "share_of_pixels_over_1e-4": worst["over"] / worst["px"],

@@ -1,11 +1,15 @@
 """Inference speed against the machine's matmul peak.
 
 ``python tools/benchmark.py inference [--quick] [--repeats N] [--presets paper,demo]
-[--sizes 256,512] [--batches 1,8] [--dtypes float32,bfloat16] [--run RUN_DIR ...]``
+[--sizes 256,512] [--batches 1,8] [--dtypes float32,bfloat16] [--runtimes tf,onnx,openvino]
+[--run RUN_DIR ...]``
 
 Times ``ssad.scoring.anomaly_maps`` in a ``tf.function`` (what ``Detector`` and the export
 run: resize, pad, autoencoder, heatmap, smoothing, score) on random images, for each preset,
-square size, batch and compute dtype. The same run measures ``tf.matmul`` of two 4096x4096
+square size, batch and compute dtype; with ``--runtimes`` also the same graph converted as
+``ssad export`` converts it, run by ONNX Runtime (float32) and OpenVINO (each of
+``--dtypes``: its ``INFERENCE_PRECISION_HINT`` f32 or bf16). The same run measures
+``tf.matmul`` of two 4096x4096
 matrices in each dtype (twice at the start and once before each row; the best is the peak),
 and reports
 
@@ -15,7 +19,8 @@ and reports
   only the products that meet data (``count_flops(useful=True)``);
 - ``keras_images_per_s`` (float32 rows): the stock Keras forward ``model(x)`` alone, for
   comparison with the inference graph;
-- ``bfloat16_speedup`` and ``max_abs_heatmap_diff_vs_float32`` (bfloat16 rows).
+- ``speedup_vs_tf_float32`` and ``max_abs_heatmap_diff_vs_tf_float32`` (every row but
+  TensorFlow's float32 one).
 
 Preset models are freshly initialised: speed does not depend on the weights, but their
 near-constant output understates the bfloat16 heatmap difference; ``--run RUN_DIR`` adds rows
@@ -52,14 +57,53 @@ def _cpuinfo() -> dict[str, str]:
 
 def _best_seconds(fn, x, repeats: int) -> float:
     """Best wall time of ``repeats`` calls ``fn(x)``, each waiting for the first output."""
+    import numpy as np
     import tensorflow as tf
 
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        tf.nest.flatten(fn(x))[0].numpy()
+        np.asarray(tf.nest.flatten(fn(x))[0])
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def _converted(runtime: str, graph, dtypes: list[str]) -> dict:
+    """``{(runtime, dtype): run}``: ``graph`` (a ``tf.function`` with one input signature)
+    converted as ``ssad export`` converts it, each ``run`` taking and giving NumPy arrays."""
+    import tempfile
+
+    import numpy as np
+
+    concrete = graph.get_concrete_function()
+    if runtime == "onnx":
+        import onnxruntime
+        import tf2onnx
+
+        from ssad.export import ONNX_OPSET
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/model.onnx"
+            tf2onnx.convert.from_function(
+                graph, input_signature=concrete.structured_input_signature[0],
+                opset=ONNX_OPSET, output_path=path,
+            )  # fmt: skip
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        first = session.get_outputs()[0].name
+        return {("onnx", "float32"): lambda x: session.run([first], {"images": x})[0]}
+    if runtime == "openvino":
+        import openvino
+
+        model = openvino.convert_model(concrete)
+        core, runs = openvino.Core(), {}
+        for dtype in dtypes:
+            hint = {"float32": "f32", "bfloat16": "bf16"}[dtype]
+            request = core.compile_model(
+                model, "CPU", {"INFERENCE_PRECISION_HINT": hint}
+            ).create_infer_request()
+            runs["openvino", dtype] = lambda x, r=request: np.array(r.infer({"images": x})[0])
+        return runs
+    raise SystemExit(f"unknown runtime {runtime!r}: tf, onnx or openvino")
 
 
 def _matmul_probe(dtype: str):
@@ -87,6 +131,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sizes", default=None, help="default 256,512")
     p.add_argument("--batches", default=None, help="default 1,8")
     p.add_argument("--dtypes", default=None, help="default float32 and, if supported, bfloat16")
+    p.add_argument("--runtimes", default="tf", help="comma-separated: tf, onnx, openvino")
     args = p.parse_args(argv)
     args.sizes = args.sizes or ("512" if args.quick else "256,512")
     args.batches = args.batches or ("1" if args.quick else "1,8")
@@ -121,6 +166,7 @@ def main(argv: list[str]) -> dict:
     for run_dir in args.run:
         detector = Detector.load(run_dir, require_calibration=False)
         models.append((run_dir, detector.model, detector.config))
+    runtimes = args.runtimes.split(",")
     rows = []
     for preset, model, cfg in models:
         keras_forward = tf.function(lambda x, m=model: m(x, training=False))
@@ -129,50 +175,66 @@ def main(argv: list[str]) -> dict:
             useful = count_flops(model, size, size, useful=True)
             sigma = cfg.score.sigma * size / 256
             square = DataConfig(resolution=size, resize="square")
+            graphs = {
+                dtype: tf.function(
+                    partial(anomaly_maps, model, data=square, sigma=sigma, dtype=dtype),
+                    input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, "images")],
+                    autograph=False,
+                )
+                for dtype in dtypes
+            }
+            runners = {}  # (runtime, dtype) -> numpy images -> numpy heatmaps
+            for dtype in dtypes:
+                runners["tf", dtype] = lambda x, g=graphs[dtype]: g(x)[0].numpy()
+            for runtime in runtimes:  # (TensorFlow's rows always: float32 is the reference)
+                if runtime != "tf":
+                    runners.update(_converted(runtime, graphs["float32"], dtypes))
             for batch in (int(b) for b in args.batches.split(",")):
                 images = tf.random.stateless_uniform((batch, size, size, 3), seed=(size, batch))
-                heatmaps = {}
-                for dtype in dtypes:
+                images = images.numpy()
+                reference = None
+                for (runtime, dtype), run in runners.items():
                     # The peak is the best matmul seen in the run, probed again before each
                     # row, so that a busy moment does not inflate the fractions.
-                    peaks[dtype] = max(peaks[dtype], probes[dtype]())
-                    maps = tf.function(
-                        partial(anomaly_maps, model, data=square, sigma=sigma, dtype=dtype)
-                    )
-                    heatmaps[dtype] = maps(images)[0].numpy()  # also traces
-                    seconds = _best_seconds(maps, images, args.repeats)
+                    peak_dtype = "float32" if dtype == "float32" else "bfloat16"
+                    peaks[peak_dtype] = max(peaks[peak_dtype], probes[peak_dtype]())
+                    heatmap = run(images)  # also traces or compiles
+                    seconds = _best_seconds(run, images, args.repeats)
                     row = {
                         "preset": preset,
                         "size": size,
                         "batch": batch,
+                        "runtime": runtime,
                         "dtype": dtype,
                         "images_per_s": batch / seconds,
                         "flop_per_image": flops,
                         "useful_flop_per_image": useful,
                     }
                     note = ""
-                    if dtype == "float32":
-                        keras_forward(images)
-                        k = _best_seconds(keras_forward, images, args.repeats)
+                    if reference is None:  # TensorFlow float32: the reference
+                        reference = (heatmap, row["images_per_s"])
+                        x = tf.constant(images)
+                        keras_forward(x)
+                        k = _best_seconds(keras_forward, x, args.repeats)
                         row["keras_images_per_s"] = batch / k
                         note = f", stock Keras forward {batch / k:.3f} img/s"
-                    elif "float32" in heatmaps:
-                        diff = np.abs(heatmaps[dtype] - heatmaps["float32"]).max()
-                        row["max_abs_heatmap_diff_vs_float32"] = float(diff)
-                        base = next(r for r in rows[::-1] if r["dtype"] == "float32")
-                        row["bfloat16_speedup"] = row["images_per_s"] / base["images_per_s"]
-                        note = f", {row['bfloat16_speedup']:.2f}x float32, max diff {diff:.1e}"
+                    else:
+                        diff = float(np.abs(heatmap - reference[0]).max())
+                        row["max_abs_heatmap_diff_vs_tf_float32"] = diff
+                        row["speedup_vs_tf_float32"] = row["images_per_s"] / reference[1]
+                        note = f", {row['speedup_vs_tf_float32']:.2f}x TF float32, diff {diff:.1e}"
                     rows.append(row)
-                    fraction = flops * row["images_per_s"] / peaks[dtype]
+                    fraction = flops * row["images_per_s"] / peaks[peak_dtype]
                     _log(
-                        f"{preset} {size}px batch {batch} {dtype}: "
+                        f"{preset} {size}px batch {batch} {runtime} {dtype}: "
                         f"{row['images_per_s']:.3f} img/s, "
                         f"{fraction:.2f} of matmul peak so far{note}"
                     )
     for row in rows:
+        peak = peaks["float32" if row["dtype"] == "float32" else "bfloat16"]
         for key in ("", "useful_"):
             row[f"{key}fraction_of_matmul_peak"] = (
-                row[f"{key}flop_per_image"] * row["images_per_s"] / peaks[row["dtype"]]
+                row[f"{key}flop_per_image"] * row["images_per_s"] / peak
             )
     return {
         "matmul_flops_per_s": peaks,
