@@ -10,10 +10,11 @@ place" (or "for this kind of structure") is what the heatmap shows:
 - ``global``: one mean and std per map (only matters when several maps are combined);
 - ``structure``: mean and std as a function of the input's local gradient energy
   (``ssad.scoring.structure_guide``): textures, where a position means nothing but edges are
-  always harder than flat areas. They are stored at the centres of quantile bins of the guide
-  and interpolated linearly in between (fitted with the same interpolation weights), so the
-  normalisation is continuous in the guide: a rounding difference between runtimes cannot move
-  a pixel into another bin;
+  always harder than flat areas. The guide is mapped to its quantile on good images (linear
+  between 16 stored quantiles), and mean and std are stored at the centres of the 16 quantile
+  bins and interpolated linearly in between (fitted with the same weights): the normalisation
+  is continuous in the guide, so a rounding difference between runtimes cannot move a pixel
+  into another bin, and a heavy-tailed guide is resolved where its pixels are;
 - ``none``: the raw map.
 
 Few images give noisy per-pixel spreads, and a quiet region (a dark background) has a tiny
@@ -44,14 +45,15 @@ class GoodStatistics:
     """Mean and std of each of ``m`` raw error maps on good images.
 
     ``mean``/``std``: ``[m]`` (global, none), ``[h, w, m]`` (pixel) or ``[cells, m]``
-    (structure, with ``centers`` ``[g, bins]``: the increasing bin centres of each of the ``g``
-    guide channels; cells are the row-major combinations of one centre per channel).
+    (structure, with ``quantiles`` ``[g, bins + 1]``: the increasing values of each of the
+    ``g`` guide channels at quantile levels 0, 1/bins, ..., 1; cells are the row-major
+    combinations of one bin per channel).
     """
 
     mode: str
     mean: np.ndarray
     std: np.ndarray
-    centers: np.ndarray
+    quantiles: np.ndarray
 
     def apply(self, maps: tf.Tensor, guide: tf.Tensor | None = None) -> tf.Tensor:
         """``(maps - mean) / std`` for raw maps ``[b, h, w, m]``; ``guide`` ``[b, h, w, g]``:
@@ -61,10 +63,10 @@ class GoodStatistics:
         std = tf.constant(self.std, tf.float32)
         if self.mode == "structure":
             guide = tf.cast(guide, tf.float32)
-            flat = tf.reshape(guide, [-1, len(self.centers)])
+            flat = tf.reshape(guide, [-1, len(self.quantiles)])
             weights = None  # [pixels, cells]: the interpolation weights of each cell
-            for channel, centers in enumerate(self.centers):
-                hats = _hats(flat[:, channel], centers)
+            for channel, quantiles in enumerate(self.quantiles):
+                hats = _hats(flat[:, channel], quantiles)
                 weights = hats if weights is None else tf.reshape(
                     weights[:, :, None] * hats[:, None, :], [tf.shape(flat)[0], -1]
                 )  # fmt: skip
@@ -84,7 +86,11 @@ class GoodStatistics:
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         np.savez(
-            buffer, mode=np.array(self.mode), mean=self.mean, std=self.std, centers=self.centers
+            buffer,
+            mode=np.array(self.mode),
+            mean=self.mean,
+            std=self.std,
+            quantiles=self.quantiles,
         )
         return buffer.getvalue()
 
@@ -92,16 +98,18 @@ class GoodStatistics:
     def from_bytes(data: bytes, where: str = "statistics") -> GoodStatistics:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as f:
-                if "edges" in f.files:  # hard bins, written by an earlier ssad
+                mode = str(f["mode"])
+                if mode == "structure" and "quantiles" not in f.files:
                     raise RunDirError(
-                        f"{where}: good-image statistics of an earlier ssad; "
+                        f"{where}: structure statistics of an earlier ssad (hard bins); "
                         "run `ssad calibrate RUN` to refit them"
                     )
+                quantiles = f["quantiles"] if "quantiles" in f.files else np.zeros(0)
                 stats = GoodStatistics(
-                    str(f["mode"]),
+                    mode,
                     f["mean"].astype(np.float32),
                     f["std"].astype(np.float32),
-                    f["centers"].astype(np.float32),
+                    quantiles.astype(np.float32),
                 )
         except (OSError, EOFError, KeyError, ValueError) as e:
             raise RunDirError(f"{where}: unreadable good-image statistics ({e})") from None
@@ -148,15 +156,15 @@ def fit_statistics(
     if guides is None:
         raise ValueError("structure statistics need the structure guides")
     guide = np.concatenate([g.reshape(-1, g.shape[-1]) for g in guides]).astype(np.float64)
-    centers = np.stack([_bin_centers(guide[:, c]) for c in range(guide.shape[1])])
-    centers = centers.astype(np.float32).astype(np.float64)  # as stored and applied
+    quantiles = np.stack([_quantiles(guide[:, c]) for c in range(guide.shape[1])])
+    quantiles = quantiles.astype(np.float32).astype(np.float64)  # as stored and applied
     cells = STRUCTURE_BINS ** guide.shape[1]
     # each pixel counts for the (up to 2**g) cells around it with the weights apply() uses
     low, frac = zip(
-        *(_lower_center(g, c) for g, c in zip(guide.T, centers, strict=True)), strict=True
+        *(_lower_bin(g, q) for g, q in zip(guide.T, quantiles, strict=True)), strict=True
     )
     count, total, square = np.zeros(cells), np.zeros((cells, m)), np.zeros((cells, m))
-    for corner in itertools.product((0, 1), repeat=len(centers)):
+    for corner in itertools.product((0, 1), repeat=len(quantiles)):
         index, weight = np.zeros(len(guide), np.int64), np.ones(len(guide))
         for c, bit in enumerate(corner):
             index = index * STRUCTURE_BINS + low[c] + bit
@@ -172,44 +180,44 @@ def fit_statistics(
     empty = count[:, 0] < 1e-6
     mean[empty], std[empty] = values.mean(0), values.std(0)
     return GoodStatistics(
-        mode, mean.astype(np.float32), _floor(std, floor), centers.astype(np.float32)
+        mode, mean.astype(np.float32), _floor(std, floor), quantiles.astype(np.float32)
     )
 
 
-def _bin_centers(values: np.ndarray) -> np.ndarray:
-    """``STRUCTURE_BINS`` increasing centres of one guide channel: the mean value in each of
-    its quantile bins (an empty bin, where values tie: the middle of its edges), each at least
-    a relative 1e-6 above the one before, so that interpolation never divides by zero."""
-    edges = np.quantile(values, np.linspace(0, 1, STRUCTURE_BINS + 1))
-    bins = np.clip(np.searchsorted(edges[1:-1], values, side="right"), 0, STRUCTURE_BINS - 1)
-    count = np.bincount(bins, minlength=STRUCTURE_BINS)
-    centers = np.bincount(bins, values, STRUCTURE_BINS) / np.maximum(count, 1)
-    centers = np.where(count > 0, centers, (edges[:-1] + edges[1:]) / 2)
-    for k in range(1, STRUCTURE_BINS):  # (a few float32 steps: ties stay almost a step)
-        centers[k] = max(centers[k], centers[k - 1] + max(1e-6 * abs(centers[k - 1]), 1e-12))
-    return centers
+def _quantiles(values: np.ndarray) -> np.ndarray:
+    """The values at quantile levels ``0, 1/bins, ..., 1`` of one guide channel, each at least
+    a relative 1e-6 above the one before (ties: a few float32 steps, almost a step)."""
+    q = np.quantile(values, np.linspace(0, 1, STRUCTURE_BINS + 1))
+    for k in range(1, len(q)):
+        q[k] = max(q[k], q[k - 1] + max(1e-6 * abs(q[k - 1]), 1e-12))
+    return q
 
 
-def _lower_center(values: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(k, t)``: each value lies a fraction ``t`` of the way from centre ``k`` to ``k + 1``
-    (clipped to [0, 1] beyond the outer centres), as ``_hats`` weighs it."""
-    k = np.clip(np.searchsorted(centers, values, side="right") - 1, 0, len(centers) - 2)
-    width = np.maximum(centers[k + 1] - centers[k], 1e-12)
-    t = np.clip((values - centers[k]) / width, 0.0, 1.0)
-    return k, t
+def _bin_position(values, quantiles: np.ndarray, clip=np.clip):
+    """Where ``values`` lie on the scale of bin centres: ``t`` in ``[0, bins - 1]``, with
+    centre ``k`` at ``t = k`` (the quantile level, linear between the stored quantiles, times
+    ``bins`` minus one half; clipped beyond the outer centres). A sum of clipped ramps:
+    elementwise ops that every exporter converts (``clip``: NumPy's or TensorFlow's)."""
+    level = 0.0
+    for a, b in itertools.pairwise(quantiles.astype(np.float64)):
+        level = level + clip((values - float(a)) * float(1 / max(b - a, 1e-12)), 0.0, 1.0)
+    return clip(level - 0.5, 0.0, len(quantiles) - 2.0)
 
 
-def _hats(values: tf.Tensor, centers: np.ndarray) -> tf.Tensor:
-    """Linear interpolation weights ``[n, bins]`` of ``values`` ``[n]`` between ``centers``
-    (each row sums to 1; beyond the outer centres all weight is on that centre): differences of
-    clipped ramps, elementwise ops that every exporter converts."""
-    ramps = [
-        tf.clip_by_value((values - float(a)) * float(1 / max(b - a, 1e-12)), 0.0, 1.0)
-        for a, b in itertools.pairwise(centers.astype(np.float64))
-    ]
-    hats = [1.0 - ramps[0]]
-    hats += [ramps[k - 1] - ramps[k] for k in range(1, len(ramps))]
-    return tf.stack([*hats, ramps[-1]], axis=-1)
+def _lower_bin(values: np.ndarray, quantiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(k, f)``: each value lies a fraction ``f`` of the way from bin centre ``k`` to
+    ``k + 1``, as ``_hats`` weighs it."""
+    t = _bin_position(values, quantiles)
+    k = np.minimum(np.floor(t).astype(np.int64), len(quantiles) - 3)
+    return k, t - k
+
+
+def _hats(values: tf.Tensor, quantiles: np.ndarray) -> tf.Tensor:
+    """Linear interpolation weights ``[n, bins]`` between the bin centres for ``values``
+    ``[n]`` (each row sums to 1)."""
+    t = _bin_position(values, quantiles, clip=tf.clip_by_value)
+    bins = len(quantiles) - 1
+    return tf.stack([tf.nn.relu(1.0 - tf.abs(t - k)) for k in range(bins)], axis=-1)
 
 
 def _floor(std: np.ndarray, floor: float) -> np.ndarray:

@@ -218,7 +218,7 @@ def test_calibrate_without_data_refits_on_the_held_out_images(tmp_path):
     assert result.exit_code == 0, result.output
     calibration = RunDir(run).read_calibration()
     assert calibration.method == "good-quantile" and calibration.n_images == 4
-    assert Detector.load(run).statistics.centers.shape == (1, 16)
+    assert Detector.load(run).statistics.quantiles.shape == (1, 17)
 
 
 def test_a_calibration_from_before_the_scoring_options_keeps_its_scoring(tmp_path):

@@ -54,8 +54,8 @@ def test_structure_statistics_remove_the_error_explained_by_the_guide():
     # good images: error grows with the local structure (edges are always harder)
     maps = [3 * g + rng.normal(0, 0.1 + g, g.shape) for g in guides]
     stats = fit_statistics("structure", maps, guides)
-    assert stats.centers.shape == (1, 16) and stats.mean.shape == (16, 1)
-    assert np.all(np.diff(stats.centers[0]) > 0)
+    assert stats.quantiles.shape == (1, 17) and stats.mean.shape == (16, 1)
+    assert np.all(np.diff(stats.quantiles[0]) > 0)
     z = stats.apply(tf.constant(np.stack(maps), tf.float32), tf.constant(np.stack(guides)))
     z = z.numpy()[..., 0]
     guide = np.stack(guides)[..., 0]
@@ -71,7 +71,7 @@ def test_round_trip_and_bad_bytes():
     stats = fit_statistics("structure", _maps(n=4), [np.arange(320.0).reshape(16, 20, 1)] * 4)
     again = GoodStatistics.from_bytes(stats.to_bytes())
     assert again.mode == "structure"
-    for name in ("mean", "std", "centers"):
+    for name in ("mean", "std", "quantiles"):
         np.testing.assert_array_equal(getattr(again, name), getattr(stats, name))
     with pytest.raises(RunDirError, match="unreadable good-image statistics"):
         GoodStatistics.from_bytes(b"nonsense", "x.npz")
@@ -84,18 +84,19 @@ def test_none_is_the_identity():
     np.testing.assert_array_equal(stats.apply(x).numpy(), x.numpy())
 
 
-def test_structure_statistics_interpolate_between_bin_centers():
-    centers = np.array([[0.1, 0.5, 0.9], [0.2, 0.4, 0.6]], np.float32)  # 2 guide channels
+def test_structure_statistics_interpolate_between_bin_centres_in_quantile_space():
+    # 2 guide channels of 3 bins each: quantiles at levels 0, 1/3, 2/3, 1
+    quantiles = np.array([[0.0, 0.1, 0.5, 2.0], [0.2, 0.3, 0.4, 0.6]], np.float32)
     table = np.arange(9, dtype=np.float32).reshape(3, 3) ** 1.5  # a value per cell
     stats = GoodStatistics("structure", -table.reshape(9, 1), np.ones((9, 1), np.float32),
-                           centers)  # fmt: skip
+                           quantiles)  # fmt: skip
     rng = np.random.default_rng(0)
-    guide = rng.uniform(-0.2, 1.2, (2, 9, 7, 2)).astype(np.float32)  # beyond the centres too
-    guide[0, 0, 0] = centers[:, 1]  # exactly on a centre: that cell's value
+    guide = rng.uniform(-0.2, 2.2, (2, 9, 7, 2)).astype(np.float32)  # beyond the ends too
+    guide[0, 0, 0] = [0.3, 0.35]  # the middle bin's centre in both channels: its value
     got = stats.apply(tf.zeros((2, 9, 7, 1)), tf.constant(guide)).numpy()[..., 0]
-    # bilinear interpolation in NumPy, clamped at the outer centres
-    a = np.interp(guide[..., 0], centers[0], np.arange(3.0))
-    b = np.interp(guide[..., 1], centers[1], np.arange(3.0))
+    # NumPy: quantile level (linear between the quantiles) -> bin-centre scale -> bilinear
+    a, b = (np.clip(np.interp(guide[..., c], quantiles[c], np.arange(4.0)) - 0.5, 0, 2)
+            for c in range(2))  # fmt: skip
     i, j = np.minimum(a.astype(int), 1), np.minimum(b.astype(int), 1)
     s, t = a - i, b - j
     want = ((1 - s) * (1 - t) * table[i, j] + s * (1 - t) * table[i + 1, j]
@@ -108,11 +109,10 @@ def test_structure_normalisation_is_continuous_in_the_guide():
     rng = np.random.default_rng(2)
     guides = [rng.random((32, 32, 1)) ** 3 for _ in range(6)]
     stats = fit_statistics("structure", [3 * g + rng.random(g.shape) for g in guides], guides)
-    # values a float32 rounding step apart, at the centres, between them and anywhere, stay
-    # close after normalising
-    # (hard bins jumped by the difference of two cells' means at each edge between centres)
-    c = stats.centers[0]
-    v = np.concatenate([c, (c[1:] + c[:-1]) / 2, np.linspace(0, 1, 2001)]).astype(np.float32)
+    # values a float32 rounding step apart, at the quantiles (where hard bins would jump by
+    # the difference of two cells' means), at the bin centres and anywhere, stay close
+    q = stats.quantiles[0]
+    v = np.concatenate([q, (q[1:] + q[:-1]) / 2, np.linspace(0, 1, 2001)]).astype(np.float32)
 
     def normalised(x):
         return stats.apply(tf.zeros((1, x.size, 1, 1)), tf.constant(x.reshape(1, -1, 1, 1)))
@@ -130,14 +130,17 @@ def test_statistics_of_an_earlier_ssad_ask_for_recalibration():
              edges=np.zeros((1, 15)))  # fmt: skip
     with pytest.raises(RunDirError, match="ssad calibrate"):
         GoodStatistics.from_bytes(buffer.getvalue(), "x.npz")
+    buffer = io.BytesIO()  # its pixel statistics did not change: still read
+    np.savez(buffer, mode=np.array("pixel"), mean=np.zeros((4, 4, 1)), std=np.ones((4, 4, 1)),
+             edges=np.zeros(0))  # fmt: skip
+    assert GoodStatistics.from_bytes(buffer.getvalue()).shape == (4, 4)
 
 
-def test_bin_centres_are_the_bin_means_of_a_heavy_tailed_guide():
-    # mostly flat areas and a few strong edges (a tire): the centres must not be spread out
+def test_quantiles_of_a_heavy_tailed_guide_are_its_own():
+    # mostly flat areas and a few strong edges (a tire): no spreading of the low quantiles
     rng = np.random.default_rng(4)
     guide = rng.exponential(1e-4, (100, 200, 1))
     guide[0, :10] = 10.0
     stats = fit_statistics("structure", [np.ones_like(guide)], [guide])
-    values = np.sort(guide.ravel())
-    means = [part.mean() for part in np.array_split(values, 16)]  # equal-count bins
-    np.testing.assert_allclose(stats.centers[0], means, rtol=1e-3)
+    want = np.quantile(guide, np.linspace(0, 1, 17))
+    np.testing.assert_allclose(stats.quantiles[0], want, rtol=1e-5)
