@@ -10,11 +10,11 @@ place" (or "for this kind of structure") is what the heatmap shows:
 - ``global``: one mean and std per map (only matters when several maps are combined);
 - ``structure``: mean and std as a function of the input's local gradient energy
   (``ssad.scoring.structure_guide``): textures, where a position means nothing but edges are
-  always harder than flat areas. The guide is mapped to its quantile on good images (linear
-  between 16 stored quantiles), and mean and std are stored at the centres of the 16 quantile
-  bins and interpolated linearly in between (fitted with the same weights): the normalisation
-  is continuous in the guide, so a rounding difference between runtimes cannot move a pixel
-  into another bin, and a heavy-tailed guide is resolved where its pixels are;
+  always harder than flat areas. Mean and std are fitted per quantile bin (16) of the guide
+  on good images; a pixel's are interpolated linearly between the bins' centres on the
+  quantile scale (linear between 17 stored quantiles). The normalisation is thus continuous
+  in the guide, so a rounding difference between runtimes cannot move a pixel into another
+  bin, and it also ranks defects better than the bins alone (see ``docs/scoring.md``);
 - ``none``: the raw map.
 
 Few images give noisy per-pixel spreads, and a quiet region (a dark background) has a tiny
@@ -158,26 +158,18 @@ def fit_statistics(
     guide = np.concatenate([g.reshape(-1, g.shape[-1]) for g in guides]).astype(np.float64)
     quantiles = np.stack([_quantiles(guide[:, c]) for c in range(guide.shape[1])])
     quantiles = quantiles.astype(np.float32).astype(np.float64)  # as stored and applied
+    index = np.zeros(len(guide), np.int64)  # each pixel's cell: its bin in every channel
+    for g, q in zip(guide.T, quantiles, strict=True):
+        level = _level(g, q)
+        index = index * STRUCTURE_BINS + np.minimum(level.astype(np.int64), STRUCTURE_BINS - 1)
     cells = STRUCTURE_BINS ** guide.shape[1]
-    # each pixel counts for the (up to 2**g) cells around it with the weights apply() uses
-    low, frac = zip(
-        *(_lower_bin(g, q) for g, q in zip(guide.T, quantiles, strict=True)), strict=True
-    )
-    count, total, square = np.zeros(cells), np.zeros((cells, m)), np.zeros((cells, m))
-    for corner in itertools.product((0, 1), repeat=len(quantiles)):
-        index, weight = np.zeros(len(guide), np.int64), np.ones(len(guide))
-        for c, bit in enumerate(corner):
-            index = index * STRUCTURE_BINS + low[c] + bit
-            weight = weight * (frac[c] if bit else 1 - frac[c])
-        count += np.bincount(index, weight, cells)
-        for j in range(m):
-            total[:, j] += np.bincount(index, weight * values[:, j], cells)
-            square[:, j] += np.bincount(index, weight * values[:, j] ** 2, cells)
-    count = count[:, None]
-    mean = total / np.maximum(count, 1e-12)
-    std = np.sqrt(np.maximum(square / np.maximum(count, 1e-12) - mean**2, 0.0))
-    # a cell no good pixel weighs on: the global statistics (what is unusual there is unknown)
-    empty = count[:, 0] < 1e-6
+    count = np.bincount(index, minlength=cells)[:, None]
+    total = np.stack([np.bincount(index, values[:, j], cells) for j in range(m)], axis=1)
+    square = np.stack([np.bincount(index, values[:, j] ** 2, cells) for j in range(m)], axis=1)
+    mean = total / np.maximum(count, 1)
+    std = np.sqrt(np.maximum(square / np.maximum(count, 1) - mean**2, 0.0))
+    # a cell no good pixel fell into: the global statistics (what is unusual there is unknown)
+    empty = count[:, 0] == 0
     mean[empty], std[empty] = values.mean(0), values.std(0)
     return GoodStatistics(
         mode, mean.astype(np.float32), _floor(std, floor), quantiles.astype(np.float32)
@@ -193,30 +185,21 @@ def _quantiles(values: np.ndarray) -> np.ndarray:
     return q
 
 
-def _bin_position(values, quantiles: np.ndarray, clip=np.clip):
-    """Where ``values`` lie on the scale of bin centres: ``t`` in ``[0, bins - 1]``, with
-    centre ``k`` at ``t = k`` (the quantile level, linear between the stored quantiles, times
-    ``bins`` minus one half; clipped beyond the outer centres). A sum of clipped ramps:
-    elementwise ops that every exporter converts (``clip``: NumPy's or TensorFlow's)."""
+def _level(values, quantiles: np.ndarray, clip=np.clip):
+    """The quantile level of ``values`` times the number of bins, in ``[0, bins]``: linear
+    between the stored ``quantiles``, clipped beyond them. A sum of clipped ramps, elementwise
+    ops that every exporter converts (``clip``: NumPy's or TensorFlow's)."""
     level = 0.0
     for a, b in itertools.pairwise(quantiles.astype(np.float64)):
         level = level + clip((values - float(a)) * float(1 / max(b - a, 1e-12)), 0.0, 1.0)
-    return clip(level - 0.5, 0.0, len(quantiles) - 2.0)
-
-
-def _lower_bin(values: np.ndarray, quantiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(k, f)``: each value lies a fraction ``f`` of the way from bin centre ``k`` to
-    ``k + 1``, as ``_hats`` weighs it."""
-    t = _bin_position(values, quantiles)
-    k = np.minimum(np.floor(t).astype(np.int64), len(quantiles) - 3)
-    return k, t - k
+    return level
 
 
 def _hats(values: tf.Tensor, quantiles: np.ndarray) -> tf.Tensor:
-    """Linear interpolation weights ``[n, bins]`` between the bin centres for ``values``
-    ``[n]`` (each row sums to 1)."""
-    t = _bin_position(values, quantiles, clip=tf.clip_by_value)
+    """Weights ``[n, bins]`` of ``values`` ``[n]``: linear interpolation between the bins'
+    centres (level ``k + 1/2``; all weight on the outer bin beyond its centre); rows sum to 1."""
     bins = len(quantiles) - 1
+    t = tf.clip_by_value(_level(values, quantiles, tf.clip_by_value) - 0.5, 0.0, bins - 1.0)
     return tf.stack([tf.nn.relu(1.0 - tf.abs(t - k)) for k in range(bins)], axis=-1)
 
 
