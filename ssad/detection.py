@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ import tensorflow as tf
 
 from ssad.config import Config
 from ssad.data.geometry import to_working, working_size
-from ssad.errors import RunDirError, VersionError
+from ssad.errors import OutdatedStatisticsError, RunDirError, VersionError
 from ssad.images import to_rgb
 from ssad.run import HOW_TO_CALIBRATE, Calibration, RunDir
 from ssad.scoring import anomaly_maps, image_score, normalized_heatmap, raw_maps
@@ -179,10 +180,16 @@ class Detector(BaseDetector):
             return ExportedDetector(run_dir)
         run = RunDir(run_dir)
         run.check(calibration=require_calibration)
-        calibration, statistics = None, None
+        calibration, statistics, outdated = None, None, False
         try:
             calibration = run.read_calibration()
             statistics = run.read_statistics() if calibration is not None else None
+        except OutdatedStatisticsError as e:
+            outdated = require_calibration  # else: about to be replaced (ssad calibrate)
+            if outdated:
+                warnings.warn(f"{e}; refitting them on the held-out images for now", stacklevel=2)
+            else:
+                calibration = None
         except RunDirError as e:
             if require_calibration or isinstance(e, VersionError):
                 raise  # else: a bad calibration is about to be replaced (ssad calibrate)
@@ -201,7 +208,7 @@ class Detector(BaseDetector):
                 raise RunDirError("only score.* settings can be changed on a trained run")
             rescored = config.override(score_overrides)
             stale, config = stale or rescored != config, rescored
-        if stale:  # other scoring settings than the calibration was made for: redo it
+        if stale or outdated:  # other scoring than the calibration was made for: redo it
             from ssad.calibration import calibrate_on_good
 
             calibration, statistics = calibrate_on_good(cls(model, config), run.read_heldout())

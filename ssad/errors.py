@@ -28,3 +28,7 @@ class RunDirError(SsadError):
 
 class VersionError(RunDirError):
     """A run directory made by an incompatible (another major) version of ssad."""
+
+
+class OutdatedStatisticsError(RunDirError):
+    """Good-image statistics in a form an earlier ssad wrote: to be refitted."""

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
-from ssad.errors import RunDirError
+from ssad.errors import OutdatedStatisticsError, RunDirError
 
 MODES = ("none", "global", "pixel", "structure")
 STRUCTURE_BINS = 16  # quantile bins per guide channel
@@ -100,7 +100,7 @@ class GoodStatistics:
             with np.load(io.BytesIO(data), allow_pickle=False) as f:
                 mode = str(f["mode"])
                 if mode == "structure" and "quantiles" not in f.files:
-                    raise RunDirError(
+                    raise OutdatedStatisticsError(
                         f"{where}: structure statistics of an earlier ssad (hard bins); "
                         "run `ssad calibrate RUN` to refit them"
                     )

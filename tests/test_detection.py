@@ -212,13 +212,16 @@ def test_calibrate_without_data_refits_on_the_held_out_images(tmp_path):
     np.savez(buffer, mode=np.array("structure"), mean=np.zeros((16, 1)), std=np.ones((16, 1)),
              edges=np.zeros((1, 15)))  # fmt: skip
     RunDir(run).statistics_path.write_bytes(buffer.getvalue())
-    with pytest.raises(RunDirError, match="ssad calibrate RUN"):
-        Detector.load(run)
+    with pytest.warns(UserWarning, match="run `ssad calibrate RUN` to refit them; refitting"):
+        refitted = Detector.load(run)  # still usable: refitted in memory
+    assert refitted.statistics.quantiles.shape == (1, 17)
     result = CliRunner().invoke(main, ["calibrate", str(run)])
     assert result.exit_code == 0, result.output
     calibration = RunDir(run).read_calibration()
     assert calibration.method == "good-quantile" and calibration.n_images == 4
-    assert Detector.load(run).statistics.quantiles.shape == (1, 17)
+    stored = Detector.load(run)  # no warning now
+    np.testing.assert_array_equal(stored.statistics.mean, refitted.statistics.mean)
+    assert stored.pixel_threshold == refitted.pixel_threshold
 
 
 def test_a_calibration_from_before_the_scoring_options_keeps_its_scoring(tmp_path):
