@@ -47,20 +47,25 @@ def gaussian_kernel(sigma: float) -> tf.Tensor:
 
 def gaussian_smooth(maps: tf.Tensor, sigma: float) -> tf.Tensor:
     """Separable Gaussian blur of ``[b, h, w]`` (or of each channel of ``[b, h, w, m]``, ``m``
-    static); borders renormalised (valid for any size)."""
+    static); borders renormalised (valid for any size). Single-channel convolutions: exporters
+    and runtimes take them everywhere (OpenVINO's bfloat16 depthwise convolution hangs, and
+    tf2onnx mis-converts a transpose into the batch at unknown sizes)."""
     if sigma <= 0:
         return maps
-    x = maps if maps.shape.rank == 4 else maps[..., None]
-    k = tf.reshape(gaussian_kernel(sigma), (-1, 1, 1, 1))
-    ky = tf.tile(k, [1, 1, x.shape[-1], 1])  # [taps, 1, m, 1]: each channel on its own
-    kx = tf.transpose(ky, [1, 0, 2, 3])
+    if maps.shape.rank == 4:
+        channels = [gaussian_smooth(maps[..., i], sigma) for i in range(maps.shape[-1])]
+        return tf.stack(channels, axis=-1)
+    k = gaussian_kernel(sigma)
+    kx = tf.reshape(k, (1, -1, 1, 1))
+    ky = tf.reshape(k, (-1, 1, 1, 1))
 
     def blur(t):
-        t = tf.nn.depthwise_conv2d(t, kx, [1, 1, 1, 1], padding="SAME")
-        return tf.nn.depthwise_conv2d(t, ky, [1, 1, 1, 1], padding="SAME")
+        t = tf.nn.conv2d(t, kx, strides=1, padding="SAME")
+        return tf.nn.conv2d(t, ky, strides=1, padding="SAME")
 
-    out = blur(x) / blur(tf.ones_like(x[:1]))
-    return out if maps.shape.rank == 4 else out[..., 0]
+    x = maps[..., None]
+    weight = blur(tf.ones_like(x[:1]))
+    return (blur(x) / weight)[..., 0]
 
 
 def pad_to_multiple(images: tf.Tensor, multiple: int = 8) -> tf.Tensor:

@@ -2,7 +2,7 @@
 
     python tools/score_sweep.py RUN_DIR... --data DIR [--grid score.KEY=V1,V2,...]...
         [--results FILE]
-    python tools/score_sweep.py --table FILE [--runs-matching TEXT]
+    python tools/score_sweep.py --table FILE [--runs-matching TEXT] [--by-commit]
 
 Each combination of the ``--grid`` values (their product) rescores every run as
 ``ssad evaluate RUN DATA --set ...`` would: the good-image statistics and thresholds are
@@ -11,7 +11,9 @@ on ``DATA``'s test images at the working resolution. One JSON row per run and co
 printed and, with ``--results``, appended to that JSON-lines file; it also carries the run's
 steps and the last repair-probe ratios of its training (``history.json``). ``--table`` prints such a
 file as a markdown table: one line per combination of settings, per data set the mean of each
-metric over the runs (seeds) and, with several runs, its spread (max - min) and their number.
+metric over the runs (seeds) and, with several runs, its spread (max - min) and their number;
+``--by-commit`` splits the lines by the commit that scored them (the same runs rescored by two
+versions of the scoring code).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument(
         "--repair", action="store_true", help="--table: the runs' repair-probe ratios instead"
     )
+    p.add_argument("--by-commit", action="store_true", help="--table: a line per commit too")
     p.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2",
         help="score.* option and its values, e.g. score.image=max,mean_max (repeatable)",
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.table:
         rows = [json.loads(line) for line in args.table.read_text().splitlines() if line]
         chosen = [r for r in rows if re.search(args.runs_matching, r["run"])]
-        print(repair_table(chosen) if args.repair else table(chosen))
+        print(repair_table(chosen) if args.repair else table(chosen, args.by_commit))
         return rows
     if not args.runs or args.data is None:
         p.error("give RUN_DIR... and --data (or --table FILE)")
@@ -99,12 +102,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown: settings x data sets, each metric's mean over runs (spread, runs)."""
+def table(rows: list[dict], by_commit: bool = False) -> str:
+    """Markdown: settings (and commits) x data sets, each metric's mean over runs (spread,
+    runs)."""
     datasets = sorted({r["dataset"] for r in rows})
     groups: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         key = ", ".join(f"{k.removeprefix('score.')}={v}" for k, v in sorted(r["settings"].items()))
+        key = f"{r['commit']}: {key or 'as trained'}" if by_commit else key
         groups.setdefault(key, {}).setdefault(r["dataset"], []).append(r)
     metrics = ("image_auroc", "pixel_auroc", "aupro")
     head = ["settings"] + [f"{d} {m.replace('_', ' ')}" for d in datasets for m in metrics]
