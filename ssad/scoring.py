@@ -29,7 +29,7 @@ import tensorflow as tf
 from keras import layers, ops
 from keras.activations import linear
 
-from ssad.data.geometry import to_working
+from ssad.data.geometry import resize_antialiased, to_working
 from ssad.layers import dilated_conv2d
 from ssad.model import receptive_radius
 
@@ -282,7 +282,7 @@ def msgms_map(recon: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
             b = tf.nn.avg_pool2d(b, 2, 2, "SAME")
         ga, gb = gradient_magnitude(a), gradient_magnitude(b)
         gms = (2.0 * ga * gb + MSGMS_C) / (tf.square(ga) + tf.square(gb) + MSGMS_C)
-        total += gms if not level else tf.image.resize(gms, size, method="bilinear")
+        total += gms if not level else resize_antialiased(gms, size)
     return 1.0 - total[..., 0] / MSGMS_SCALES
 
 
@@ -397,8 +397,10 @@ def anomaly_maps(
     k_px = max(1, round(score.image_k * (256 if data is None else data.resolution) / 256))
     image = image_score(heat, score, k_px)
     if x is not images:
-        heat = tf.image.resize(heat[..., None], size, method="bilinear")[..., 0]
-        recon = tf.image.resize(recon, size, method="bilinear")
+        # back to each input's size with the exporters' resize (bilinear when upscaling,
+        # antialiased when downscaling)
+        heat = resize_antialiased(heat[..., None], size)[..., 0]
+        recon = resize_antialiased(recon, size)
     return heat, image, recon
 
 
