@@ -164,8 +164,10 @@ def test_export_parity_section_compares_every_test_image(run, tmp_path):
     assert [row["format"] for row in rows] == ["onnx", "openvino"]
     for row in rows:
         assert row["n_images"] == 2 + 4  # two good images, one per defect type
-        assert row["max_abs_heatmap_diff"] < 1e-4 and row["max_rel_score_diff"] < 1e-5
-        assert row["mask_pixels_differing"] == 0 and row["labels_differing"] == 0
+        for size in ("own_size", "odd_size"):
+            found = row[size]
+            assert found["max_abs_heatmap_diff"] < 1e-4 and found["max_rel_score_diff"] < 1e-5
+            assert found["mask_pixels_differing"] == 0 and found["labels_differing"] == 0
 
 
 def test_inference_benchmark_times_each_runtime_on_the_same_graph():

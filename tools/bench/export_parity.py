@@ -46,7 +46,6 @@ def _crop(image, size: tuple[int, int]):
 
 
 def _compare(run: Path, data: Path, format: str, odd: tuple[int, int]) -> dict:
-    import numpy as np
 
     from ssad.data.readers import read_sample, test_samples
     from ssad.detection import Detector
@@ -54,40 +53,57 @@ def _compare(run: Path, data: Path, format: str, odd: tuple[int, int]) -> dict:
     from ssad.runtimes import ExportedDetector
 
     detector = Detector.load(run)
-    worst = {"heatmap": 0.0, "score_rel": 0.0, "mask_pixels": 0, "labels": 0, "over": 0, "px": 0}
+    worst = {size: _Worst() for size in ("own_size", "odd_size")}
     seconds = {"tensorflow": 0.0, format: 0.0}
     with tempfile.TemporaryDirectory(prefix="ssad-parity-") as tmp:
         exported = ExportedDetector(export(run, Path(tmp) / "export", format=format))
         samples = test_samples(data)
         for sample in samples:
             image = read_sample(sample)[0]
-            for i, x in enumerate((image[None], _crop(image, odd)[None])):
+            for size, x in (("own_size", image[None]), ("odd_size", _crop(image, odd)[None])):
                 t0 = time.perf_counter()
                 want = detector.predict(x)
                 t1 = time.perf_counter()
                 got = exported.predict(x)
-                if i == 0:
+                if size == "own_size":
                     seconds[format] += time.perf_counter() - t1
                     seconds["tensorflow"] += t1 - t0
-                diff = np.abs(got["heatmap"] - want["heatmap"])
-                worst["heatmap"] = max(worst["heatmap"], float(diff.max()))
-                worst["over"] += int((diff > 1e-4).sum())
-                worst["px"] += diff.size
-                score = np.maximum(np.abs(want["score"]), 1e-12)
-                rel = np.abs(got["score"] - want["score"]) / score
-                worst["score_rel"] = max(worst["score_rel"], float(rel.max()))
-                worst["mask_pixels"] += int((got["mask"] != want["mask"]).sum())
-                worst["labels"] += int((got["is_anomalous"] != want["is_anomalous"]).sum())
+                worst[size].add(got, want)
     n = len(samples)
     return {
         "run": str(run),
         "dataset": data.resolve().name,
         "format": format,
         "n_images": n,
-        "max_abs_heatmap_diff": worst["heatmap"],
-        "share_of_pixels_over_1e-4": worst["over"] / worst["px"],
-        "max_rel_score_diff": worst["score_rel"],
-        "mask_pixels_differing": worst["mask_pixels"],
-        "labels_differing": worst["labels"],
+        **{size: w.summary() for size, w in worst.items()},
         "seconds_per_image": {k: round(v / n, 4) for k, v in seconds.items()},
     }
+
+
+class _Worst:
+    """The largest differences between an export's outputs and ``Detector``'s."""
+
+    def __init__(self):
+        self.heatmap = self.score_rel = 0.0
+        self.mask_pixels = self.labels = self.over = self.pixels = 0
+
+    def add(self, got: dict, want: dict) -> None:
+        import numpy as np
+
+        diff = np.abs(got["heatmap"] - want["heatmap"])
+        self.heatmap = max(self.heatmap, float(diff.max()))
+        self.over += int((diff > 1e-4).sum())
+        self.pixels += diff.size
+        rel = np.abs(got["score"] - want["score"]) / np.maximum(np.abs(want["score"]), 1e-12)
+        self.score_rel = max(self.score_rel, float(rel.max()))
+        self.mask_pixels += int((got["mask"] != want["mask"]).sum())
+        self.labels += int((got["is_anomalous"] != want["is_anomalous"]).sum())
+
+    def summary(self) -> dict:
+        return {
+            "max_abs_heatmap_diff": self.heatmap,
+            "share_of_pixels_over_1e-4": self.over / self.pixels,
+            "max_rel_score_diff": self.score_rel,
+            "mask_pixels_differing": self.mask_pixels,
+            "labels_differing": self.labels,
+        }
