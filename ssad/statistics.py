@@ -101,7 +101,7 @@ class GoodStatistics:
                 mode = str(f["mode"])
                 if mode == "structure" and "quantiles" not in f.files:
                     raise OutdatedStatisticsError(
-                        f"{where}: structure statistics of an earlier ssad (hard bins); "
+                        f"{where}: structure statistics of an earlier ssad (no quantiles); "
                         "run `ssad calibrate RUN` to refit them"
                     )
                 quantiles = f["quantiles"] if "quantiles" in f.files else np.zeros(0)
