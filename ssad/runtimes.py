@@ -36,8 +36,8 @@ def model_file(path: str | os.PathLike) -> Path | None:
 class ExportedDetector(BaseDetector):
     """An exported detector: ``path`` is ``model.onnx`` or ``model.xml`` or their export
     folder ``BASE/N``. ``precision``: OpenVINO's inference precision, ``f32`` (the numbers
-    of ``Detector``) or ``bf16`` (faster on CPUs with AMX or AVX512-BF16; heatmaps then
-    differ by up to a few tenths)."""
+    of ``Detector``) or ``bf16`` (several times faster on CPUs with AMX or AVX512-BF16; its
+    rounding reaches the error maps too, so check its heatmaps on your own images)."""
 
     def __init__(self, path: str | os.PathLike, batch_size: int = 8, precision: str = "f32"):
         model = model_file(path)

@@ -14,6 +14,7 @@ from helpers import make_run_dir
 from ssad.calibration import calibrate_on_good
 from ssad.cli import main
 from ssad.detection import Detector
+from ssad.errors import SsadError
 from ssad.export import CONVERTERS, MODEL_FILES, export
 from ssad.images import read_image, write_png
 from ssad.run import RunDir
@@ -103,6 +104,12 @@ def test_export_outside_ssad_matches_the_detector(run, exported, tmp_path):
     assert loaded.pixel_threshold == detector.pixel_threshold
     images = _images()[0]
     np.testing.assert_allclose(loaded.heatmap(images), detector.heatmap(images), atol=1e-4)
+    if _format(target) == "openvino":  # bfloat16 on request (its numbers: see serving.md)
+        fast = ExportedDetector(target, precision="bf16").heatmap(images)
+        assert fast.shape == images.shape[:3] and np.isfinite(fast).all()
+    else:
+        with pytest.raises(SsadError, match="float32"):
+            ExportedDetector(target, precision="bf16")
 
 
 def test_predict_takes_an_export_and_a_missing_extra_is_one_line(
