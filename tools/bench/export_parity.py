@@ -1,11 +1,12 @@
 """Section ``export-parity``: ONNX and OpenVINO exports against ``Detector`` on real images.
 
     python tools/benchmark.py export-parity --run RUN_DIR --data DIR [--run ... --data ...]
-        [--formats onnx,openvino] [--odd-size 200x152]
+        [--formats onnx,openvino] [--odd-size 200x152] [--openvino-precision f32|bf16]
 
 Exports each run with ``ssad export --format F`` into a temporary folder, scores every test
 image of its data set (each at its own size, one at a time, and once more cropped at its
-centre to ``--odd-size``) with the export (OpenVINO in float32) and with ``Detector``, and
+centre to ``--odd-size``) with the export (OpenVINO in ``--openvino-precision``, float32 by
+default) and with ``Detector``, and
 reports per run and format the largest heatmap difference and the share of pixels that differ
 by more than 1e-4, the largest relative score difference, the mask pixels and image labels
 that differ, and both runtimes' seconds per image (full-size images).
@@ -25,6 +26,7 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--data", action="append", type=Path, required=True, help="its data set")
     p.add_argument("--formats", default="onnx,openvino", help="comma-separated export formats")
     p.add_argument("--odd-size", default="200x152", help="HxW centre crop also compared")
+    p.add_argument("--openvino-precision", default="f32", choices=("f32", "bf16"))
     args = p.parse_args(argv)
     if len(args.run) != len(args.data):
         p.error("give one --data per --run")
@@ -32,7 +34,7 @@ def main(argv: list[str]) -> dict:
 
     odd = tuple(int(v) for v in args.odd_size.split("x"))
     runs = [
-        _compare(run, data, format, odd)
+        _compare(run, data, format, odd, args.openvino_precision)
         for run, data in zip(args.run, args.data, strict=True)
         for format in args.formats.split(",")
     ]
@@ -45,7 +47,7 @@ def _crop(image, size: tuple[int, int]):
     return image[top : top + h, left : left + w]
 
 
-def _compare(run: Path, data: Path, format: str, odd: tuple[int, int]) -> dict:
+def _compare(run: Path, data: Path, format: str, odd: tuple[int, int], precision: str) -> dict:
 
     from ssad.data.readers import read_sample, test_samples
     from ssad.detection import Detector
@@ -56,7 +58,8 @@ def _compare(run: Path, data: Path, format: str, odd: tuple[int, int]) -> dict:
     worst = {size: _Worst() for size in ("own_size", "odd_size")}
     seconds = {"tensorflow": 0.0, format: 0.0}
     with tempfile.TemporaryDirectory(prefix="ssad-parity-") as tmp:
-        exported = ExportedDetector(export(run, Path(tmp) / "export", format=format))
+        precision = precision if format == "openvino" else "f32"
+        exported = ExportedDetector(export(run, Path(tmp) / "export", format=format), 8, precision)
         samples = test_samples(data)
         for sample in samples:
             image = read_sample(sample)[0]
@@ -74,6 +77,7 @@ def _compare(run: Path, data: Path, format: str, odd: tuple[int, int]) -> dict:
         "run": str(run),
         "dataset": data.resolve().name,
         "format": format,
+        "precision": precision,
         "n_images": n,
         **{size: w.summary() for size, w in worst.items()},
         "seconds_per_image": {k: round(v / n, 4) for k, v in seconds.items()},
