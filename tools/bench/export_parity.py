@@ -89,23 +89,26 @@ class _Worst:
 
     def __init__(self):
         self.heatmap = self.score_rel = 0.0
-        self.mask_pixels = self.labels = self.over = self.pixels = 0
+        self.mask_pixels = self.labels = self.over = self.pixels = self.non_finite = 0
 
     def add(self, got: dict, want: dict) -> None:
         import numpy as np
 
         diff = np.abs(got["heatmap"] - want["heatmap"])
-        self.heatmap = max(self.heatmap, float(diff.max()))
-        self.over += int((diff > 1e-4).sum())
+        finite = np.isfinite(got["heatmap"])
+        self.non_finite += int((~finite).sum())
+        self.heatmap = max(self.heatmap, float(diff[finite].max(initial=0.0)))
+        self.over += int((~(diff <= 1e-4)).sum())  # NaN counts as over
         self.pixels += diff.size
         rel = np.abs(got["score"] - want["score"]) / np.maximum(np.abs(want["score"]), 1e-12)
-        self.score_rel = max(self.score_rel, float(rel.max()))
+        self.score_rel = max(self.score_rel, float(np.nan_to_num(rel, nan=np.inf).max()))
         self.mask_pixels += int((got["mask"] != want["mask"]).sum())
         self.labels += int((got["is_anomalous"] != want["is_anomalous"]).sum())
 
     def summary(self) -> dict:
         return {
-            "max_abs_heatmap_diff": self.heatmap,
+            "max_abs_heatmap_diff": self.heatmap,  # over the export's finite pixels
+            "non_finite_heatmap_pixels": self.non_finite,
             "share_of_pixels_over_1e-4": self.over / self.pixels,
             "max_rel_score_diff": self.score_rel,
             "mask_pixels_differing": self.mask_pixels,
