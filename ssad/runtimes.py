@@ -8,6 +8,7 @@ already knows; its config and thresholds come from the export's ``assets.extra/`
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,9 @@ def model_file(path: str | os.PathLike) -> Path | None:
 class ExportedDetector(BaseDetector):
     """An exported detector: ``path`` is ``model.onnx`` or ``model.xml`` or their export
     folder ``BASE/N``. ``precision``: OpenVINO's inference precision, ``f32`` (the numbers
-    of ``Detector``) or ``bf16`` (several times faster on CPUs with AMX or AVX512-BF16; its
-    rounding reaches the error maps too, so check its heatmaps on your own images)."""
+    of ``Detector``) or ``bf16`` (several times faster on CPUs with AMX or AVX512-BF16, but
+    its rounding reaches the error maps and the normalisation: on our trained runs it gave
+    wrong and NaN heatmaps, see ``docs/serving.md``)."""
 
     def __init__(self, path: str | os.PathLike, batch_size: int = 8, precision: str = "f32"):
         model = model_file(path)
@@ -55,6 +57,12 @@ class ExportedDetector(BaseDetector):
                 raise SsadError("an ONNX export runs in float32 (bf16 is OpenVINO's)")
             self._run = _onnx_runner(model)
         else:
+            if precision == "bf16":
+                warnings.warn(
+                    "OpenVINO in bf16 gave wrong (and NaN) heatmaps on trained runs with the "
+                    "default structure statistics; compare with f32 before relying on it",
+                    stacklevel=2,
+                )
             self._run = _openvino_runner(model, precision)
 
     def batch_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
