@@ -10,12 +10,11 @@ smoothing, the good-image statistics, the image score, and the stored thresholds
 served model gives the same numbers as ``ssad predict`` with no client-side preprocessing.
 
 The ONNX model is converted with ``tf2onnx``, the OpenVINO one with ``openvino.convert_model``,
-both from ``serving_default``. OpenVINO computes in bfloat16 by default on CPUs that have it:
-compile with ``{"INFERENCE_PRECISION_HINT": "f32"}`` for ``Detector``'s numbers. Signatures
-(both return
-``heatmap`` [b, h, w] float32, ``score`` [b] float32, ``mask`` [b, h, w] bool (heatmap >= pixel
-threshold), ``is_anomalous`` [b] bool (score >= image threshold) and ``reconstruction``
-[b, h, w, 3] float32 in [0, 1]):
+both from ``serving_default`` (:func:`to_onnx`, :func:`to_openvino`). OpenVINO computes in
+bfloat16 by default on CPUs that have it: compile with ``{"INFERENCE_PRECISION_HINT": "f32"}``
+for ``Detector``'s numbers. Signatures (both return ``heatmap`` [b, h, w] float32, ``score``
+[b] float32, ``mask`` [b, h, w] bool (heatmap >= pixel threshold), ``is_anomalous`` [b] bool
+(score >= image threshold) and ``reconstruction`` [b, h, w, 3] float32 in [0, 1]):
 
 - ``serving_default``: ``images`` float32 [b, h, w, 3] in [0, 1], any h and w;
 - ``serving_bytes``: ``images_bytes`` string [b], encoded PNG, JPEG, BMP or GIF (first frame),
@@ -138,9 +137,12 @@ def export(
         if format == "saved_model":
             tf.saved_model.save(module, str(tmp), signatures=signatures)
         elif format == "onnx":
-            _to_onnx(module, tmp / MODEL_FILES[format])
-        else:
-            _to_openvino(module, tmp / MODEL_FILES[format])
+            to_onnx(module.serving_default, tmp / MODEL_FILES[format])
+        else:  # IR: model.xml and model.bin, weights kept in float32
+            import openvino
+
+            model = to_openvino(module.serving_default)
+            openvino.save_model(model, str(tmp / MODEL_FILES[format]), compress_to_fp16=False)
         extra = tmp / "assets.extra"  # TF Serving ignores this folder; kept for provenance
         extra.mkdir()
         for path in run.provenance():
@@ -156,20 +158,20 @@ def require_extra(module: str, format: str) -> None:
         raise SsadError(f"the {format} format needs {module}: pip install 'ssad[{format}]'")
 
 
-def _to_onnx(module: ServingModule, path: Path) -> None:
-    """``serving_default`` as an ONNX model at ``path`` (dynamic batch, height and width)."""
+def to_onnx(function, path: str | os.PathLike) -> None:
+    """``function`` (a ``tf.function`` of ``images`` float32 [b, h, w, 3], such as
+    ``ServingModule.serving_default``) as an ONNX model at ``path`` (dynamic batch, height and
+    width)."""
     import tf2onnx
 
     spec = [tf.TensorSpec([None, None, None, 3], tf.float32, "images")]
     tf2onnx.convert.from_function(
-        module.serving_default, input_signature=spec, opset=ONNX_OPSET, output_path=str(path)
+        function, input_signature=spec, opset=ONNX_OPSET, output_path=str(path)
     )
 
 
-def _to_openvino(module: ServingModule, path: Path) -> None:
-    """``serving_default`` as OpenVINO IR at ``path`` (``.xml`` and ``.bin``; weights kept in
-    float32, dynamic batch, height and width)."""
+def to_openvino(function):
+    """``function`` (as for :func:`to_onnx`) as an in-memory OpenVINO model."""
     import openvino
 
-    model = openvino.convert_model(module.serving_default.get_concrete_function())
-    openvino.save_model(model, str(path), compress_to_fp16=False)
+    return openvino.convert_model(function.get_concrete_function())

@@ -69,32 +69,30 @@ def _best_seconds(fn, x, repeats: int) -> float:
 
 
 def _converted(runtime: str, graph, dtypes: list[str]) -> dict:
-    """``{(runtime, dtype): run}``: ``graph`` (a ``tf.function`` with one input signature)
-    converted as ``ssad export`` converts it, each ``run`` taking and giving NumPy arrays."""
+    """``{(runtime, dtype): run}``: ``graph`` (a ``tf.function`` of ``images``) converted by
+    the functions ``ssad export`` uses, each ``run`` taking and giving NumPy arrays."""
     import tempfile
 
     import numpy as np
 
-    concrete = graph.get_concrete_function()
     if runtime == "onnx":
         import onnxruntime
-        import tf2onnx
 
-        from ssad.export import ONNX_OPSET
+        from ssad.export import to_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
-            path = f"{tmp}/model.onnx"
-            tf2onnx.convert.from_function(
-                graph, input_signature=concrete.structured_input_signature[0],
-                opset=ONNX_OPSET, output_path=path,
-            )  # fmt: skip
-            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            to_onnx(graph, f"{tmp}/model.onnx")
+            session = onnxruntime.InferenceSession(
+                f"{tmp}/model.onnx", providers=["CPUExecutionProvider"]
+            )
         first = session.get_outputs()[0].name
         return {("onnx", "float32"): lambda x: session.run([first], {"images": x})[0]}
     if runtime == "openvino":
         import openvino
 
-        model = openvino.convert_model(concrete)
+        from ssad.export import to_openvino
+
+        model = to_openvino(graph)
         core, runs = openvino.Core(), {}
         for dtype in dtypes:
             hint = {"float32": "f32", "bfloat16": "bf16"}[dtype]
@@ -196,8 +194,7 @@ def main(argv: list[str]) -> dict:
                 for (runtime, dtype), run in runners.items():
                     # The peak is the best matmul seen in the run, probed again before each
                     # row, so that a busy moment does not inflate the fractions.
-                    peak_dtype = "float32" if dtype == "float32" else "bfloat16"
-                    peaks[peak_dtype] = max(peaks[peak_dtype], probes[peak_dtype]())
+                    peaks[dtype] = max(peaks[dtype], probes[dtype]())
                     heatmap = run(images)  # also traces or compiles
                     seconds = _best_seconds(run, images, args.repeats)
                     row = {
@@ -224,17 +221,16 @@ def main(argv: list[str]) -> dict:
                         row["speedup_vs_tf_float32"] = row["images_per_s"] / reference[1]
                         note = f", {row['speedup_vs_tf_float32']:.2f}x TF float32, diff {diff:.1e}"
                     rows.append(row)
-                    fraction = flops * row["images_per_s"] / peaks[peak_dtype]
+                    fraction = flops * row["images_per_s"] / peaks[dtype]
                     _log(
                         f"{preset} {size}px batch {batch} {runtime} {dtype}: "
                         f"{row['images_per_s']:.3f} img/s, "
                         f"{fraction:.2f} of matmul peak so far{note}"
                     )
     for row in rows:
-        peak = peaks["float32" if row["dtype"] == "float32" else "bfloat16"]
         for key in ("", "useful_"):
             row[f"{key}fraction_of_matmul_peak"] = (
-                row[f"{key}flop_per_image"] * row["images_per_s"] / peak
+                row[f"{key}flop_per_image"] * row["images_per_s"] / peaks[row["dtype"]]
             )
     return {
         "matmul_flops_per_s": peaks,
