@@ -25,8 +25,9 @@ def dilated_conv2d(
     """
     rates = (dilation_rate, dilation_rate) if isinstance(dilation_rate, int) else dilation_rate
     rates = list(rates)
-    stride_1 = strides in (1, (1, 1), [1, 1])
-    if PRUNE_PADDING_TAPS and padding.upper() == "SAME" and stride_1:
+    padding = padding.upper()
+    same_1 = padding == "SAME" and strides in (1, (1, 1), [1, 1])  # SAME, stride 1
+    if PRUNE_PADDING_TAPS and same_1:
         for axis in (0, 1):
             size, taps, rate = inputs.shape[1 + axis], kernel.shape[axis], rates[axis]
             centre = taps // 2
@@ -37,13 +38,11 @@ def dilated_conv2d(
             kernel = kernel[index] if axis == 0 else kernel[:, index]
             if keep == 0:
                 rates[axis] = 1
-    if export and padding.upper() == "SAME" and stride_1 and None in inputs.shape[1:3]:
+    if export and same_1 and None in inputs.shape[1:3]:
         # exporters turn SAME on maps of unknown size into auto_pad, which ONNX Runtime does
         # not run with dilations
         totals = [rate * (taps - 1) for rate, taps in zip(rates, kernel.shape[:2], strict=True)]
         padding = [[0, 0], *([t // 2, t - t // 2] for t in totals), [0, 0]]
-    elif isinstance(padding, str):
-        padding = padding.upper()
     return tf.nn.conv2d(inputs, kernel, strides=strides, padding=padding, dilations=rates)
 
 

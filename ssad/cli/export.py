@@ -1,4 +1,4 @@
-"""``ssad export``: write a run's detector as a versioned SavedModel or ONNX model."""
+"""``ssad export``: write a run's detector as a versioned SavedModel, ONNX or OpenVINO model."""
 
 from __future__ import annotations
 

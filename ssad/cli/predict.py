@@ -24,7 +24,7 @@ from ssad.cli._common import command, parse_settings, score_set_option
 )
 def predict(run_dir, inputs, out_dir, settings, batch_size, threshold, on_bad):
     """Find defects in INPUT... (image files, folders or glob patterns) with RUN_DIR's model
-    (or an ONNX export of it).
+    (or an ONNX or OpenVINO export of it).
 
     Writes <name>_overlay.png and <name>_mask.png per image (at its own size) and
     scores.csv / scores.json (path, score, is_anomalous).

@@ -6,10 +6,11 @@
 Exports each run with ``ssad export --format F`` into a temporary folder, scores every test
 image of its data set (each at its own size, one at a time, and once more cropped at its
 centre to ``--odd-size``) with the export (OpenVINO in ``--openvino-precision``, float32 by
-default) and with ``Detector``, and
-reports per run and format the largest heatmap difference and the share of pixels that differ
-by more than 1e-4, the largest relative score difference, the mask pixels and image labels
-that differ, and both runtimes' seconds per image (full-size images).
+default) and with ``Detector``, and reports per run, format and size (``own_size``,
+``odd_size``) the largest heatmap difference over the export's finite pixels, its non-finite
+pixels, the share of pixels that differ by more than 1e-4 (NaN included), the largest relative
+score difference, the mask pixels and image labels that differ, and both runtimes' seconds
+per image (own size).
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ def _crop(image, size: tuple[int, int]):
 
 
 def _compare(run: Path, data: Path, format: str, odd: tuple[int, int], precision: str) -> dict:
-
     from ssad.data.readers import read_sample, test_samples
     from ssad.detection import Detector
     from ssad.export import export
