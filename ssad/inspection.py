@@ -106,6 +106,16 @@ def data_stationarity(
     return stationarity(images), skipped
 
 
+def auto_preset(source: Source, on_bad: str = "error") -> tuple[str, str]:
+    """``(preset, why)``: ``texture`` or ``object`` for the training images of ``source``, by
+    their stationarity at 256 px (what ``ssad train --preset auto`` picks)."""
+    result, _ = data_stationarity(source, 256, on_bad)
+    return result.preset, (
+        f"preset auto: {result.preset} (stationarity score {result.score:.2f}; "
+        f"texture from {TEXTURE_MIN_SCORE})"
+    )
+
+
 def size_summary(source: Source, resolution: int = 256) -> str:
     """The sizes and aspects of the training images of ``source`` and the working geometry
     that ``data.resize=auto`` picks for them at ``resolution`` (unreadable files left out)."""

@@ -8,17 +8,14 @@ already knows; its config and thresholds come from the export's ``assets.extra/`
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ssad.detection import BaseDetector
 from ssad.errors import RunDirError, SsadError
-from ssad.export import MODEL_FILES, require_extra
+from ssad.export import MODEL_FILES, PRECISIONS, require_extra
 from ssad.run import RunDir
-
-PRECISIONS = ("f32", "bf16")  # OpenVINO's inference precision
 
 
 def model_file(path: str | os.PathLike) -> Path | None:
@@ -36,10 +33,11 @@ def model_file(path: str | os.PathLike) -> Path | None:
 
 class ExportedDetector(BaseDetector):
     """An exported detector: ``path`` is ``model.onnx`` or ``model.xml`` or their export
-    folder ``BASE/N``. ``precision``: OpenVINO's inference precision, ``f32`` (the numbers
-    of ``Detector``) or ``bf16`` (several times faster on CPUs with AMX or AVX512-BF16, but
-    its rounding reaches the error maps and the normalisation: on our trained runs it gave
-    wrong and NaN heatmaps, see ``docs/serving.md``)."""
+    folder ``BASE/N``. ``precision`` (OpenVINO only): ``f32`` runs the model as exported
+    (float32: the numbers of ``Detector``), ``bf16`` with its autoencoder in bfloat16, as
+    ``ssad export --precision bf16`` writes it (faster on CPUs with AMX or AVX512-BF16).
+    OpenVINO is always compiled with the float32 hint: its own bfloat16 mode breaks the
+    heatmaps (``docs/serving.md``)."""
 
     def __init__(self, path: str | os.PathLike, batch_size: int = 8, precision: str = "f32"):
         model = model_file(path)
@@ -57,12 +55,6 @@ class ExportedDetector(BaseDetector):
                 raise SsadError("an ONNX export runs in float32 (bf16 is OpenVINO's)")
             self._run = _onnx_runner(model)
         else:
-            if precision == "bf16":
-                warnings.warn(
-                    "OpenVINO in bf16 gave wrong (and NaN) heatmaps on trained runs with the "
-                    "default structure statistics; compare with f32 before relying on it",
-                    stacklevel=2,
-                )
             self._run = _openvino_runner(model, precision)
 
     def batch_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,9 +75,13 @@ def _openvino_runner(model: Path, precision: str):
     require_extra("openvino", "openvino")
     import openvino
 
-    compiled = openvino.Core().compile_model(
-        str(model), "CPU", {"INFERENCE_PRECISION_HINT": precision}
-    )
+    from ssad.export import autoencoder_in_bf16
+
+    core = openvino.Core()
+    network = core.read_model(str(model))
+    if precision == "bf16":
+        network = autoencoder_in_bf16(network)
+    compiled = core.compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     # copies: the request reuses its output buffers
     return lambda x: {

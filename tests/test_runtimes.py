@@ -104,13 +104,44 @@ def test_export_outside_ssad_matches_the_detector(run, exported, tmp_path):
     assert loaded.pixel_threshold == detector.pixel_threshold
     images = _images()[0]
     np.testing.assert_allclose(loaded.heatmap(images), detector.heatmap(images), atol=1e-4)
-    if _format(target) == "openvino":  # bfloat16 on request (its numbers: see serving.md)
-        with pytest.warns(UserWarning, match="NaN"):
-            fast = ExportedDetector(target, precision="bf16").heatmap(images)
-        assert fast.shape == images.shape[:3] and np.isfinite(fast).all()
-    else:
+    if _format(target) == "onnx":
         with pytest.raises(SsadError, match="float32"):
             ExportedDetector(target, precision="bf16")
+        with pytest.raises(SsadError, match="openvino"):
+            export(run, tmp_path / "bf16", format="onnx", precision="bf16")
+
+
+def test_openvino_bf16_lowers_only_the_autoencoder(run, tmp_path):
+    openvino = pytest.importorskip("openvino")
+    from ssad.export import autoencoder_in_bf16
+
+    target = export(run, tmp_path / "e", format="openvino", precision="bf16")
+    model = openvino.Core().read_model(str(target / "model.xml"))
+    ops = model.get_ordered_ops()
+    for loop in [n for n in ops if n.get_type_name() == "Loop"]:  # native: the tile loop
+        ops += loop.get_function().get_ordered_ops()
+    convs = [n for n in ops if n.get_type_name() == "Convolution"]
+    types = {n.get_output_element_type(0).get_type_name() for n in convs}
+    wide = [n for n in convs if max(n.get_input_partial_shape(1)[:2].to_shape()) >= 3]
+    assert {n.get_output_element_type(0).get_type_name() for n in wide} == {"bf16"}
+    assert types == {"bf16", "f32"}  # smoothing and gradient filters stay float32
+    for name in ("heatmap", "score"):
+        assert model.output(name).get_element_type().get_type_name() == "f32"
+    assert len(autoencoder_in_bf16(model.clone()).get_ordered_ops()) == len(
+        model.get_ordered_ops()
+    )  # lowering twice changes nothing
+
+    images = _images()[0]
+    fast = ExportedDetector(target).predict(images)
+    want = Detector.load(run).predict(images)
+    assert np.isfinite(fast["heatmap"]).all() and np.isfinite(fast["score"]).all()
+    # bfloat16 rounding of the reconstruction only: the same heatmap up to its noise
+    r = np.corrcoef(fast["heatmap"].ravel(), want["heatmap"].ravel())[0, 1]
+    assert r > 0.98, r
+    # the float32 export lowered on loading is the same model as the bf16 export
+    f32_export = export(run, tmp_path / "f", format="openvino")
+    lowered = ExportedDetector(f32_export, precision="bf16").heatmap(images)
+    np.testing.assert_array_equal(lowered, fast["heatmap"])
 
 
 def test_predict_takes_an_export_and_a_missing_extra_is_one_line(

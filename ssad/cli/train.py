@@ -12,7 +12,13 @@ from ssad.cli._common import command
 @click.option(
     "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory."
 )
-@click.option("--preset", default="texture", show_default=True, help="Named preset.")
+@click.option(
+    "--preset",
+    default="auto",
+    show_default=True,
+    help="Named preset (texture, object, paper, demo, tiny); auto: texture or object by "
+    "the training images' stationarity, as ssad inspect.",
+)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Config JSON.")
 @click.option("--objective", type=click.IntRange(0, 2), help="1, 2: eq. (1), (2); 0: plain AE.")
 @click.option("--lam", type=click.FloatRange(0, 1), help="Weight lambda of the objective.")
@@ -60,6 +66,11 @@ def train(
     from ssad.training import train as run_training
     from ssad.training import training_config
 
+    if preset == "auto" and not config_file:
+        from ssad.inspection import auto_preset
+
+        preset, why = auto_preset(data_dir, on_bad)
+        click.echo(why)
     base = Config.load(config_file) if config_file else Config.preset(preset)
     if on_bad == "skip":
         base = base.override({"data.on_bad": "skip"})

@@ -5,12 +5,12 @@
 
 Exports each run with ``ssad export --format F`` into a temporary folder, scores every test
 image of its data set (each at its own size, one at a time, and once more cropped at its
-centre to ``--odd-size``) with the export (OpenVINO in ``--openvino-precision``, float32 by
-default) and with ``Detector``, and reports per run, format and size (``own_size``,
-``odd_size``) the largest heatmap difference over the export's finite pixels, its non-finite
-pixels, the share of pixels that differ by more than 1e-4 (NaN included), the largest relative
-score difference, the mask pixels and image labels that differ, and both runtimes' seconds
-per image (own size).
+centre to ``--odd-size``) with the export (OpenVINO exported with ``--precision`` from
+``--openvino-precision``, float32 by default) and with ``Detector``, and reports per run,
+format and size (``own_size``, ``odd_size``) the largest heatmap difference over the
+export's finite pixels, its non-finite pixels, the share of pixels that differ by more than
+1e-4 (NaN included), the largest relative score difference, the mask pixels and image labels
+that differ, and both runtimes' seconds per image (own size).
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def _compare(run: Path, data: Path, format: str, odd: tuple[int, int], precision
     seconds = {"tensorflow": 0.0, format: 0.0}
     with tempfile.TemporaryDirectory(prefix="ssad-parity-") as tmp:
         precision = precision if format == "openvino" else "f32"
-        exported = ExportedDetector(export(run, Path(tmp) / "export", format=format), 8, precision)
+        path = export(run, Path(tmp) / "export", format=format, precision=precision)
+        exported = ExportedDetector(path, 8)
         samples = test_samples(data)
         for sample in samples:
             image = read_sample(sample)[0]

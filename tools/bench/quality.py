@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--variant", required=True, choices=list(VARIANTS))
     p.add_argument("--minutes", required=True, type=float, help="training budget per model")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON-lines file")
-    p.add_argument("--preset", default="object", help="ssad config preset (default: object)")
+    p.add_argument("--preset", default="object", help="config preset or auto (default: object)")
     p.add_argument("--image-size", type=int, help="working resolution (default: the preset's)")
     p.add_argument(
         "--mixed-precision", choices=("auto", "none", "bf16", "fp16"), help="default: the preset's"
@@ -102,8 +103,14 @@ def main(argv: list[str]) -> dict:
     from ssad.run import RunDir
     from ssad.training import training_config
 
+    preset = args.preset
+    if preset == "auto":
+        from ssad.inspection import auto_preset
+
+        preset, why = auto_preset(args.data)
+        print(why, file=sys.stderr)
     base = training_config(
-        Config.preset(args.preset),
+        Config.preset(preset),
         image_size=args.image_size,
         max_minutes=args.minutes,
         mixed_precision=args.mixed_precision,
@@ -137,7 +144,7 @@ def main(argv: list[str]) -> dict:
         "dataset": dataset,
         "variant": args.variant,
         "minutes": args.minutes,
-        "preset": args.preset,
+        "preset": args.preset if preset == args.preset else f"{args.preset}:{preset}",
         "resolution": found["resolution"],
         "mixed_precision": precision,
         "overrides": args.overrides,
