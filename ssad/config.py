@@ -373,7 +373,7 @@ CPU_STAGES = [
 PRESETS: dict[str, dict[str, Any]] = {
     # Table 1 at full width, 512-pixel textures, progressive 128 -> 256 -> 512, and the paper's
     # training settings: Adam at 1e-4, the L2 norm as printed in eq. (1)/(2), constant rate.
-    # (The CPU presets keep the measured defaults: squared norm, 1e-3, cosine schedule.)
+    # (The CPU presets keep the measured defaults: squared norm, 1e-3, constant rate.)
     "paper": {
         "data": {"resolution": 512},
         "train": {

@@ -3,9 +3,10 @@ import pytest
 from click.testing import CliRunner
 
 from ssad.cli import main
+from ssad.config import Config
 from ssad.demo_data import make_demo_data
 from ssad.images import read_image, write_png
-from ssad.inspection import data_stationarity, size_summary, stationarity
+from ssad.inspection import auto_preset, data_stationarity, size_summary, stationarity
 
 
 def test_maps_equal_brute_force_over_all_windows():
@@ -75,3 +76,30 @@ def test_size_summary_reports_sizes_aspects_and_what_auto_picks(tmp_path):
         "sizes: 3 different among 3 images, shorter side 40-120 px (median 50), aspect w/h "
         "0.50-2.00; data.resize=auto -> scale: every image resized by 1.28, keeping its aspect"
     )
+
+
+def test_auto_preset_follows_the_verdict(tmp_path):
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    for i, image in enumerate(discs(n=4)):
+        write_png(objects / f"{i}.png", image)
+    texture = make_demo_data(tmp_path / "brick", "brick", n_train=20, n_good=1, n_defect=1, size=64)
+    preset, why = auto_preset(objects)
+    assert preset == "object" and why.startswith("preset auto: object (stationarity score 0.")
+    assert auto_preset(texture)[0] == "texture"
+
+
+def test_train_defaults_to_the_auto_preset(tmp_path):
+    data = tmp_path / "objects"
+    data.mkdir()
+    for i, image in enumerate(discs(n=5)):
+        write_png(data / f"{i}.png", image)
+    run = tmp_path / "run"
+    args = ["train", str(data), "--out", str(run), "--steps", "2", "--image-size", "64"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "preset auto: object" in result.output
+    saved = Config.load(run / "config.json")
+    expected = Config.preset("object")
+    assert (saved.data.rotate, saved.data.flip) == (False, False)
+    assert saved.model == expected.model and saved.distortion == expected.distortion

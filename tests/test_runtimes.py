@@ -207,6 +207,24 @@ def test_export_parity_section_compares_every_test_image(run, tmp_path):
             found = row[size]
             assert found["max_abs_heatmap_diff"] < 1e-4 and found["max_rel_score_diff"] < 1e-5
             assert found["mask_pixels_differing"] == 0 and found["labels_differing"] == 0
+            assert found["max_heatmap_diff_relative"] <= found["max_abs_heatmap_diff"]
+
+
+def test_export_parity_measures_large_heatmaps_relative_to_their_size():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from bench.export_parity import _Worst
+
+    want = {"heatmap": np.array([[[500.0, 0.5]]]), "score": np.array([10.0])}
+    want |= {"mask": want["heatmap"] > 1, "is_anomalous": np.array([True])}
+    got = dict(want, heatmap=np.array([[[500.001, 0.5 + 5e-5]]]))
+    worst = _Worst()
+    worst.add(got, want)
+    found = worst.summary()
+    assert found["max_abs_heatmap_diff"] == pytest.approx(1e-3, rel=1e-3)
+    assert found["share_of_pixels_over_1e-4"] == 0.5
+    assert found["max_heatmap_diff_relative"] == pytest.approx(5e-5, rel=1e-3)  # 0.5: by 1
+    assert found["share_of_pixels_over_1e-4_relative"] == 0.0
+    assert found["largest_abs_heatmap"] == 500.0
 
 
 def test_inference_benchmark_times_each_runtime_on_the_same_graph():
