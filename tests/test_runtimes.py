@@ -111,12 +111,14 @@ def test_export_outside_ssad_matches_the_detector(run, exported, tmp_path):
             export(run, tmp_path / "bf16", format="onnx", precision="bf16")
 
 
-def test_openvino_bf16_lowers_only_the_autoencoder(run, tmp_path):
-    openvino = pytest.importorskip("openvino")
+def test_openvino_bf16_lowers_only_the_autoencoder(run, exported, tmp_path):
+    if _format(exported) != "openvino":
+        pytest.skip("bfloat16 is OpenVINO's")
+    import openvino
+
     from ssad.export import autoencoder_in_bf16
 
-    target = export(run, tmp_path / "e", format="openvino", precision="bf16")
-    model = openvino.Core().read_model(str(target / "model.xml"))
+    model = autoencoder_in_bf16(openvino.Core().read_model(str(exported / "model.xml")))
     ops = model.get_ordered_ops()
     for loop in [n for n in ops if n.get_type_name() == "Loop"]:  # native: the tile loop
         ops += loop.get_function().get_ordered_ops()
@@ -132,16 +134,16 @@ def test_openvino_bf16_lowers_only_the_autoencoder(run, tmp_path):
     )  # lowering twice changes nothing
 
     images = _images()[0]
-    fast = ExportedDetector(target).predict(images)
+    fast = ExportedDetector(exported, precision="bf16").predict(images)  # lowered on loading
     want = Detector.load(run).predict(images)
     assert np.isfinite(fast["heatmap"]).all() and np.isfinite(fast["score"]).all()
     # bfloat16 rounding of the reconstruction only: the same heatmap up to its noise
     r = np.corrcoef(fast["heatmap"].ravel(), want["heatmap"].ravel())[0, 1]
     assert r > 0.98, r
-    # the float32 export lowered on loading is the same model as the bf16 export
-    f32_export = export(run, tmp_path / "f", format="openvino")
-    lowered = ExportedDetector(f32_export, precision="bf16").heatmap(images)
-    np.testing.assert_array_equal(lowered, fast["heatmap"])
+    if Detector.load(run).config.data.resize == "native":  # once: the export writes the same
+        target = export(run, tmp_path / "bf16", format="openvino", precision="bf16")
+        written = ExportedDetector(target).heatmap(images)
+        np.testing.assert_array_equal(written, fast["heatmap"])
 
 
 def test_predict_takes_an_export_and_a_missing_extra_is_one_line(
