@@ -419,6 +419,9 @@ def test_ctrl_c_during_train_stops_cleanly_and_resumes(corpus, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as in a terminal: a test run started in the background (nohup ... &) hands its
+        # children an ignored SIGINT, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_for(proc, lambda: (run / "checkpoints" / "last.npz").exists())
     proc.send_signal(signal.SIGINT)
