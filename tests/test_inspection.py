@@ -36,6 +36,14 @@ def discs(n=12, side=64, seed=0):
     return np.clip(np.stack(out), 0, 1)
 
 
+def disc_folder(folder, n: int):
+    """``folder`` holding ``n`` disc images as PNG files."""
+    folder.mkdir()
+    for i, image in enumerate(discs(n=n)):
+        write_png(folder / f"{i}.png", image)
+    return folder
+
+
 def test_centred_objects_are_object_like():
     result = stationarity(discs())
     assert result.score < 0.2 and result.preset == "object"
@@ -51,10 +59,7 @@ def test_demo_textures_are_texture_like(tmp_path, texture):
 
 
 def test_cli_prints_verdict_and_saves_maps(tmp_path):
-    data = tmp_path / "objects"
-    data.mkdir()
-    for i, image in enumerate(discs(n=4)):
-        write_png(data / f"{i}.png", image)
+    data = disc_folder(tmp_path / "objects", 4)
     (data / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "maps.png"
     args = ["inspect", str(data), "--resolution", "32", "--out", str(out)]
@@ -79,10 +84,7 @@ def test_size_summary_reports_sizes_aspects_and_what_auto_picks(tmp_path):
 
 
 def test_auto_preset_follows_the_verdict(tmp_path):
-    objects = tmp_path / "objects"
-    objects.mkdir()
-    for i, image in enumerate(discs(n=4)):
-        write_png(objects / f"{i}.png", image)
+    objects = disc_folder(tmp_path / "objects", 4)
     texture = make_demo_data(tmp_path / "brick", "brick", n_train=20, n_good=1, n_defect=1, size=64)
     preset, why = auto_preset(objects)
     assert preset == "object" and why.startswith("preset auto: object (stationarity score 0.")
@@ -90,10 +92,7 @@ def test_auto_preset_follows_the_verdict(tmp_path):
 
 
 def test_train_defaults_to_the_auto_preset(tmp_path, monkeypatch):
-    data = tmp_path / "objects"
-    data.mkdir()
-    for i, image in enumerate(discs(n=5)):
-        write_png(data / f"{i}.png", image)
+    data = disc_folder(tmp_path / "objects", 5)
     trained = []
 
     class Done:  # what ssad.training.train returns, without the training

@@ -135,12 +135,13 @@ def test_openvino_bf16_lowers_only_the_autoencoder(run, exported, tmp_path):
 
     images = _images()[0]
     fast = ExportedDetector(exported, precision="bf16").predict(images)  # lowered on loading
-    want = Detector.load(run).predict(images)
+    detector = Detector.load(run)
+    want = detector.predict(images)
     assert np.isfinite(fast["heatmap"]).all() and np.isfinite(fast["score"]).all()
     # bfloat16 rounding of the reconstruction only: the same heatmap up to its noise
     r = np.corrcoef(fast["heatmap"].ravel(), want["heatmap"].ravel())[0, 1]
     assert r > 0.98, r
-    if Detector.load(run).config.data.resize == "native":  # once: the export writes the same
+    if detector.config.data.resize == "native":  # once: the export writes the same
         target = export(run, tmp_path / "bf16", format="openvino", precision="bf16")
         written = ExportedDetector(target).heatmap(images)
         np.testing.assert_array_equal(written, fast["heatmap"])
