@@ -1,14 +1,15 @@
 """A detector's thresholds: from defect-free images alone, or F1-optimal on labelled ones.
 
-``calibrate_on_good`` fits the good-image statistics of ``score.normalize``
-(``ssad.statistics``) on defect-free images (after training: the held-out ones) and takes high
-quantiles of their normalised pixel and image scores as thresholds, cross-fitted so that no
-image is scored with statistics it helped to make. ``calibrate_f1`` picks the F1-optimal
-thresholds on a labelled data set.
+``calibrate_on_good`` fits the good-image statistics of ``score.normalize`` and
+``score.image_normalize`` (``ssad.statistics``) on defect-free images (after training: the
+held-out ones) and takes high quantiles of their normalised pixel and image scores as
+thresholds, cross-fitted so that no image is scored with statistics it helped to make.
+``calibrate_f1`` picks the F1-optimal thresholds on a labelled data set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 
@@ -38,9 +39,9 @@ def calibrate_on_good(
         raise DataError("calibration needs at least one defect-free image")
     good = _GoodMaps(detector, items, batch_size)
     score_cfg = detector.config.score
-    mode = resolve_normalization(score_cfg.normalize, good.xs)
+    modes = resolve_normalization(score_cfg, good.xs)
     counts, scores = np.zeros(metrics.N_BINS), []
-    for stats, chosen in good.cross_fitted(mode):
+    for stats, chosen in good.cross_fitted(*modes):
         for part in batches(list(chosen), batch_size, key=lambda i: good.xs[i].shape):
             maps, xs = (np.stack([seq[i] for i in part]) for seq in (good.maps, good.xs))
             heat, s = detector.finish(maps, xs, stats)
@@ -51,10 +52,11 @@ def calibrate_on_good(
         image_threshold=float(np.quantile(scores, score_cfg.image_quantile)),
         method="good-quantile",
         n_images=len(items),
-        normalize=mode,
+        normalize=modes[0],
+        image_normalize=modes[1],
         score=detector.score_settings(),
     )
-    return calibration, good.fit(mode, np.arange(len(items)))
+    return calibration, good.fit(*modes, np.arange(len(items)))
 
 
 def calibrate_f1(
@@ -94,7 +96,7 @@ def calibrate_f1(
         image_threshold=image_threshold,
         method="f1",
         n_images=len(labels),
-        normalize=None if detector.statistics is None else detector.statistics.mode,
+        **detector.normalizations(),
         score=detector.score_settings(),
         details=details,
     )
@@ -136,7 +138,15 @@ class _GoodMaps:
             self.xs.extend(x)
         self._guides = None
 
-    def fit(self, mode: str, chosen: np.ndarray) -> GoodStatistics:
+    def fit(self, mode: str, image_mode: str | None, chosen: np.ndarray) -> GoodStatistics:
+        """Statistics of ``mode`` fitted on the images ``chosen``, with those of
+        ``image_mode`` for the image score (``None``: the heatmap's)."""
+        stats = self._fit(mode, chosen)
+        if image_mode is None:
+            return stats
+        return dataclasses.replace(stats, image=self._fit(image_mode, chosen))
+
+    def _fit(self, mode: str, chosen: np.ndarray) -> GoodStatistics:
         d = self.detector
         guides = None
         if mode == "structure":
@@ -146,34 +156,56 @@ class _GoodMaps:
         maps = [self.maps[i] for i in chosen]
         return fit_statistics(mode, maps, guides, d.sigma, d.config.score.std_floor)
 
-    def cross_fitted(self, mode: str) -> Iterator[tuple[GoodStatistics, np.ndarray]]:
+    def cross_fitted(
+        self, mode: str, image_mode: str | None
+    ) -> Iterator[tuple[GoodStatistics, np.ndarray]]:
         """``(statistics, images scored with them)``: each half with the other's."""
         everything = np.arange(len(self.maps))
         if len(everything) < 2:
-            yield self.fit(mode, everything), everything
+            yield self.fit(mode, image_mode, everything), everything
             return
         halves = (everything[0::2], everything[1::2])
-        yield self.fit(mode, halves[1]), halves[0]
-        yield self.fit(mode, halves[0]), halves[1]
+        yield self.fit(mode, image_mode, halves[1]), halves[0]
+        yield self.fit(mode, image_mode, halves[0]), halves[1]
 
 
-def resolve_normalization(mode: str, xs: list[np.ndarray]) -> str:
-    """``score.normalize`` with ``auto`` resolved on the working-geometry good images ``xs``:
-    ``pixel`` for object-like images of one size (``ssad.inspection.stationarity``), else
-    ``structure``. ``pixel`` with images of several sizes is a ``ConfigError``."""
+def resolve_normalization(score, xs: list[np.ndarray]) -> tuple[str, str | None]:
+    """``(heatmap mode, image score mode or None: the heatmap's)``: ``score.normalize`` and
+    ``score.image_normalize`` of the ``ScoreConfig`` ``score`` resolved on the
+    working-geometry good images ``xs``. ``auto``: ``pixel`` for object-like images of one
+    size (``ssad.inspection.stationarity``), else ``structure`` (heatmap) or the heatmap's
+    (image score). ``pixel`` with images of several sizes is a ``ConfigError``."""
     one_size = len({x.shape for x in xs}) == 1
-    if mode == "pixel" and not one_size:
-        raise ConfigError(
-            "score.normalize=pixel needs images of one size at the working geometry "
-            "(data.resize=square); use structure or global"
-        )
-    if mode != "auto":
-        return mode
-    if not one_size:
-        return "structure"
+    for key in ("normalize", "image_normalize"):
+        if getattr(score, key) == "pixel" and not one_size:
+            raise ConfigError(
+                f"score.{key}=pixel needs images of one size at the working geometry "
+                "(data.resize=square); use structure or global"
+            )
+    object_like = None  # decided once, when needed
+
+    def resolve(mode: str, otherwise: str) -> str:
+        nonlocal object_like
+        if mode != "auto":
+            return mode
+        if object_like is None:
+            object_like = one_size and _object_like(np.stack(xs))
+        return "pixel" if object_like else otherwise
+
+    mode = resolve(score.normalize, "structure")
+    image_mode = resolve(score.image_normalize, "same")
+    return mode, None if image_mode in ("same", mode) else image_mode
+
+
+def _object_like(x: np.ndarray) -> bool:
+    """Whether the images ``x`` ``[n, h, w, 3]`` are object-like (``ssad.inspection``; it
+    takes squares: other images are squashed to one)."""
     from ssad.inspection import stationarity
 
-    return "structure" if stationarity(np.stack(xs)).texture_like else "pixel"
+    if x.shape[1] != x.shape[2]:
+        side = min(x.shape[1:3])
+        x = tf.image.resize(x, (side, side), antialias=True).numpy()
+    return not stationarity(x).texture_like
 
 
 def structure_guides(xs: list[np.ndarray], sigma: float) -> list[np.ndarray]:

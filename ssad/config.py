@@ -192,6 +192,7 @@ class TrainConfig:
 
 MAP_TERMS = ("squared", "msgms")
 NORMALIZE_MODES = ("none", "global", "pixel", "structure", "auto")
+IMAGE_NORMALIZE_MODES = ("same", *NORMALIZE_MODES)
 IMAGE_SCORES = ("max", "mean_max", "topk_mean")
 TTA_MODES = ("none", "flips", "dihedral")
 
@@ -215,6 +216,10 @@ class ScoreConfig:
     # data, structure for texture-like data, by ssad.inspection's stationarity check).
     # Defaults measured on the bottle, the tire and the demo together (docs/scoring.md).
     normalize: str = "structure"
+    # ... and the map the image score is taken from: "same" (the heatmap), a mode as above,
+    # or "auto": pixel for object-like data of one size (which images are unusual as a
+    # whole), else the same as the heatmap.
+    image_normalize: str = "auto"
     std_floor: float = 0.1  # smallest std of the statistics, as a fraction of its mean
     image: str = "mean_max"  # image score: max | mean_max (max of a k x k box mean) | topk_mean
     image_k: float = 16.0  # k for mean_max / topk_mean (the top k*k pixels), px at 256
@@ -238,9 +243,14 @@ class ScoreConfig:
         )
         _check(self.normalize in NORMALIZE_MODES, f"score.normalize {self.normalize!r}")
         _check(
-            len(terms) == 1 or self.normalize != "none",
-            "score.map with several terms needs score.normalize other than none",
+            self.image_normalize in IMAGE_NORMALIZE_MODES,
+            f"score.image_normalize {self.image_normalize!r}",
         )
+        for key in ("normalize", "image_normalize"):
+            _check(
+                len(terms) == 1 or getattr(self, key) != "none",
+                f"score.map with several terms needs score.{key} other than none",
+            )
         _check(self.std_floor >= 0, f"score.std_floor must be >= 0, got {self.std_floor}")
         _check(self.image in IMAGE_SCORES, f"score.image {self.image!r}")
         _check(self.image_k >= 1, f"score.image_k must be >= 1, got {self.image_k}")

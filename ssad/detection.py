@@ -4,9 +4,10 @@
 ``ssad.scoring.anomaly_maps`` (the graph the export serves too): the error maps of
 ``score.map`` at the working geometry, smoothed with sigma ``score.sigma * data.resolution /
 256`` pixels, normalised by the good-image statistics (``ssad.statistics``), at each input's own
-size; the image score follows ``score.image``. A pixel is anomalous when heatmap >=
-``pixel_threshold``, an image when score >= ``image_threshold`` (``ssad.run.Calibration``,
-made by ``ssad.calibration``). ``Detector.load(run, score_overrides=...)`` rescores a trained run
+size; the image score follows ``score.image`` on the map normalised as
+``score.image_normalize`` says. A pixel is anomalous when heatmap >= ``pixel_threshold``, an
+image when score >= ``image_threshold`` (``ssad.run.Calibration``, made by
+``ssad.calibration``). ``Detector.load(run, score_overrides=...)`` rescores a trained run
 with other ``score.*`` settings, recalibrating on its held-out images. ``Ensemble`` averages
 several runs' heatmaps, each divided by its run's pixel threshold.
 """
@@ -26,11 +27,16 @@ from ssad.data.geometry import to_working, working_size
 from ssad.errors import OutdatedStatisticsError, RunDirError, VersionError
 from ssad.images import to_rgb
 from ssad.run import HOW_TO_CALIBRATE, Calibration, RunDir
-from ssad.scoring import anomaly_maps, image_score, normalized_heatmap, raw_maps
+from ssad.scoring import anomaly_maps, heatmap_and_score, raw_maps
 from ssad.statistics import GoodStatistics
 
 # What a calibration without a "score" entry was made for (ssad before the scoring options).
-LEGACY_SCORE = {"score.map": "squared", "score.normalize": "none", "score.image": "max"}
+LEGACY_SCORE = {
+    "score.map": "squared",
+    "score.normalize": "none",
+    "score.image_normalize": "same",
+    "score.image": "max",
+}
 
 
 class BaseDetector:
@@ -72,15 +78,24 @@ class BaseDetector:
     def with_threshold(self, pixel: float, image: float | None = None):
         """A copy with manual thresholds; ``image`` defaults to ``pixel``."""
         other = copy.copy(self)  # shares the model, statistics and traced graphs
-        statistics = getattr(self, "statistics", None)
         other.calibration = Calibration(
             pixel_threshold=float(pixel),
             image_threshold=float(pixel if image is None else image),
             method="manual",
-            normalize=None if statistics is None else statistics.mode,
+            **self.normalizations(),
             score=self.score_settings(),
         )
         return other
+
+    def normalizations(self) -> dict:
+        """``{"normalize", "image_normalize"}`` of the statistics, as a calibration records
+        them (``None``: no statistics; the heatmap's)."""
+        statistics = getattr(self, "statistics", None)
+        return {
+            "normalize": None if statistics is None else statistics.mode,
+            "image_normalize": None if statistics is None or statistics.image is None
+            else statistics.image.mode,
+        }  # fmt: skip
 
     # -- inference -----------------------------------------------------------------------------
     def working_size(self, height: int, width: int) -> tuple[int, int]:
@@ -227,8 +242,10 @@ class Detector(BaseDetector):
     def finish(self, maps, x, statistics: GoodStatistics | None):
         """``(heatmaps, scores)`` at the working geometry from ``working_maps``' output,
         normalised by ``statistics`` (the same ops as the detection graph)."""
-        heat = normalized_heatmap(tf.constant(maps), tf.constant(x), statistics, self.sigma)
-        return heat.numpy(), image_score(heat, self.config.score, self.k_px).numpy()
+        heat, score = heatmap_and_score(
+            tf.constant(maps), tf.constant(x), statistics, self.sigma, self.config.score, self.k_px
+        )
+        return heat.numpy(), score.numpy()
 
 
 class Ensemble(BaseDetector):

@@ -102,6 +102,7 @@ def evaluate(
             data_dir=str(data_dir),
             score=dataclasses.asdict(detector.config.score),
             normalize=detector.calibration.normalize,
+            image_normalize=detector.calibration.image_normalize,
             skipped=[{"path": e.path, "problem": e.problem} for e in scan.skipped],
         )
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")

@@ -38,7 +38,9 @@ class Calibration:
 
     A pixel is anomalous when its heatmap value is >= ``pixel_threshold``, an image when its
     score is >= ``image_threshold``. ``score``: the ``score.*`` settings the thresholds hold
-    for (``None``: made before the scoring options, for raw maxima); ``details``: what the
+    for (``None``: made before the scoring options, for raw maxima); ``normalize`` and
+    ``image_normalize``: what ``score.normalize`` and ``score.image_normalize`` resolved to
+    (the second only when the image score has statistics of its own); ``details``: what the
     method adds (``n_defective``, ``f1_image``, ``data_dir``, ...), stored beside the rest.
     """
 
@@ -47,6 +49,7 @@ class Calibration:
     method: str
     n_images: int | None = None
     normalize: str | None = None
+    image_normalize: str | None = None
     score: dict | None = None
     details: dict = field(default_factory=dict)
     ssad_version: str = ""
@@ -136,7 +139,11 @@ class RunDir:
         return self.model_path.is_file() and self.calibration_path.is_file()
 
     def read_config(self) -> Config:
-        return Config.load(self.config_path)
+        config = Config.load(self.config_path)
+        saved = json.loads(self.config_path.read_text(encoding="utf-8")).get("score", {})
+        if "image_normalize" not in saved:  # an earlier ssad: images scored on the heatmap
+            config = config.override({"score.image_normalize": "same"})
+        return config
 
     def load_model(self):
         """The trained Keras model, loaded in safe mode."""

@@ -9,8 +9,10 @@ heatmap at the input's size, the image score and the reconstruction:
 2. ``error_maps``: the raw error maps of ``score.map`` (squared error, 1 - MSGMS), averaged
    over the augmentations and Gaussian-smoothed;
 3. normalise them by the good-image statistics (``ssad.statistics``) and average the terms;
-4. ``image_score``: the map's maximum, the maximum of its k x k box mean or the mean of its
-   top k*k pixels; resize the heatmap back to the input's size.
+4. ``image_score``: the maximum, the maximum of the k x k box mean or the mean of the top
+   k*k pixels of the map normalised for the image score (``score.image_normalize``: the
+   heatmap, or the maps normalised by the image score's own statistics); resize the heatmap
+   back to the input's size.
 
 Pure TensorFlow, so the same function runs eagerly, in ``tf.function`` and in the export.
 
@@ -393,9 +395,8 @@ def anomaly_maps(
     size = tf.shape(images)[1:3]
     x = to_working(images, data)
     maps, recon = raw_maps(model, x, score, sigma, dtype)
-    heat = normalized_heatmap(maps, x, statistics, sigma)
     k_px = max(1, round(score.image_k * (256 if data is None else data.resolution) / 256))
-    image = image_score(heat, score, k_px)
+    heat, image = heatmap_and_score(maps, x, statistics, sigma, score, k_px)
     if x is not images:
         # back to each input's size with the exporters' resize (bilinear when upscaling,
         # antialiased when downscaling)
@@ -411,3 +412,13 @@ def normalized_heatmap(maps: tf.Tensor, x: tf.Tensor, statistics, sigma: float) 
         return tf.reduce_mean(maps, axis=-1)
     guide = structure_guide(x, sigma) if statistics.mode == "structure" else None
     return tf.reduce_mean(statistics.apply(maps, guide), axis=-1)
+
+
+def heatmap_and_score(maps, x, statistics, sigma: float, score, k_px: int):
+    """``(heatmap [b, h, w], image score [b])`` at the working geometry from raw maps: the
+    score is taken from the map normalised by ``statistics.for_image`` (the heatmap when the
+    image score has no statistics of its own)."""
+    heat = normalized_heatmap(maps, x, statistics, sigma)
+    if statistics is not None and statistics.image is not None:
+        return heat, image_score(normalized_heatmap(maps, x, statistics.image, sigma), score, k_px)
+    return heat, image_score(heat, score, k_px)

@@ -17,6 +17,10 @@ place" (or "for this kind of structure") is what the heatmap shows:
   bin, and it also ranks defects better than the bins alone (see ``docs/scoring.md``);
 - ``none``: the raw map.
 
+The image score may be normalised otherwise than the heatmap (``score.image_normalize``):
+``GoodStatistics.image`` then holds its statistics. Per-pixel statistics rank whole images of
+an aligned object best, statistics by structure give the better heatmap (``docs/scoring.md``).
+
 Few images give noisy per-pixel spreads, and a quiet region (a dark background) has a tiny
 one: the std is smoothed and floored at ``floor`` times its mean over all positions
 (``score.std_floor``), so that such places do not turn sensor noise into anomalies.
@@ -26,6 +30,7 @@ and the export hold the arrays as constants).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 from dataclasses import dataclass
@@ -47,13 +52,20 @@ class GoodStatistics:
     ``mean``/``std``: ``[m]`` (global, none), ``[h, w, m]`` (pixel) or ``[cells, m]``
     (structure, with ``quantiles`` ``[g, bins + 1]``: the increasing values of each of the
     ``g`` guide channels at quantile levels 0, 1/bins, ..., 1; cells are the row-major
-    combinations of one bin per channel).
+    combinations of one bin per channel). ``image``: the statistics of the image score when
+    it is normalised otherwise than the heatmap (``None``: these).
     """
 
     mode: str
     mean: np.ndarray
     std: np.ndarray
     quantiles: np.ndarray
+    image: GoodStatistics | None = None
+
+    @property
+    def for_image(self) -> GoodStatistics:
+        """The statistics the image score is computed with."""
+        return self.image or self
 
     def apply(self, maps: tf.Tensor, guide: tf.Tensor | None = None) -> tf.Tensor:
         """``(maps - mean) / std`` for raw maps ``[b, h, w, m]``; ``guide`` ``[b, h, w, g]``:
@@ -79,43 +91,54 @@ class GoodStatistics:
 
     @property
     def shape(self) -> tuple[int, int] | None:
-        """The working size ``(h, w)`` a ``pixel`` statistic applies to (else ``None``)."""
-        return tuple(self.mean.shape[:2]) if self.mode == "pixel" else None
+        """The working size ``(h, w)`` a ``pixel`` statistic (of the heatmap or of the image
+        score) applies to (else ``None``)."""
+        for stats in (self, self.for_image):
+            if stats.mode == "pixel":
+                return tuple(stats.mean.shape[:2])
+        return None
 
     # -- storage ----------------------------------------------------------------------------------
+    _FIELDS = ("mode", "mean", "std", "quantiles")
+
     def to_bytes(self) -> bytes:
+        arrays = {key: np.asarray(getattr(self, key)) for key in self._FIELDS}
+        if self.image is not None:
+            arrays |= {f"image_{key}": np.asarray(getattr(self.image, key)) for key in self._FIELDS}
         buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            mode=np.array(self.mode),
-            mean=self.mean,
-            std=self.std,
-            quantiles=self.quantiles,
-        )
+        np.savez(buffer, **arrays)
         return buffer.getvalue()
 
     @staticmethod
     def from_bytes(data: bytes, where: str = "statistics") -> GoodStatistics:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as f:
-                mode = str(f["mode"])
-                if mode == "structure" and "quantiles" not in f.files:
-                    raise OutdatedStatisticsError(
-                        f"{where}: structure statistics of an earlier ssad (no quantiles); "
-                        "run `ssad calibrate RUN` to refit them"
-                    )
-                quantiles = f["quantiles"] if "quantiles" in f.files else np.zeros(0)
-                stats = GoodStatistics(
-                    mode,
-                    f["mean"].astype(np.float32),
-                    f["std"].astype(np.float32),
-                    quantiles.astype(np.float32),
-                )
+                stats = _read(f, "", where)
+                if "image_mode" in f.files:
+                    stats = dataclasses.replace(stats, image=_read(f, "image_", where))
         except (OSError, EOFError, KeyError, ValueError) as e:
             raise RunDirError(f"{where}: unreadable good-image statistics ({e})") from None
-        if stats.mode not in MODES or stats.mean.shape != stats.std.shape:
-            raise RunDirError(f"{where}: unreadable good-image statistics (mode {stats.mode!r})")
         return stats
+
+
+def _read(f, prefix: str, where: str) -> GoodStatistics:
+    """The statistics stored under ``prefix`` in the open ``.npz`` ``f``."""
+    mode = str(f[prefix + "mode"])
+    if mode == "structure" and prefix + "quantiles" not in f.files:
+        raise OutdatedStatisticsError(
+            f"{where}: structure statistics of an earlier ssad (no quantiles); "
+            "run `ssad calibrate RUN` to refit them"
+        )
+    quantiles = f[prefix + "quantiles"] if prefix + "quantiles" in f.files else np.zeros(0)
+    stats = GoodStatistics(
+        mode,
+        f[prefix + "mean"].astype(np.float32),
+        f[prefix + "std"].astype(np.float32),
+        quantiles.astype(np.float32),
+    )
+    if stats.mode not in MODES or stats.mean.shape != stats.std.shape:
+        raise RunDirError(f"{where}: unreadable good-image statistics (mode {stats.mode!r})")
+    return stats
 
 
 def fit_statistics(

@@ -90,9 +90,10 @@ class RunResult:
         if self.repair:
             kept = ", ".join(f"{k} {v:.2f}" for k, v in self.repair.items())
             lines.append(f"repair probe, share of synthetic defects kept (0 best): {kept}")
+        image = f", image score by {c.image_normalize}" if c.image_normalize else ""
         lines += [
             f"thresholds: pixel {num(c.pixel_threshold)}, image {num(c.image_threshold)} "
-            f"({c.method}, {c.n_images} held-out images, normalisation {c.normalize})",
+            f"({c.method}, {c.n_images} held-out images, normalisation {c.normalize}{image})",
         ]
         r = self.run
         for path in (r.model_path, r.config_path, r.history_path, r.calibration_path):

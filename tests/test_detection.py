@@ -2,6 +2,8 @@
 checks, the calibration's JSON round trip."""
 
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from helpers import make_run_dir
 
 from ssad.calibration import calibrate_f1, calibrate_on_good
 from ssad.detection import BaseDetector, Detector, Ensemble, load_detector
-from ssad.errors import RunDirError, VersionError
+from ssad.errors import ConfigError, RunDirError, VersionError
 from ssad.images import write_png
 from ssad.run import Calibration, RunDir
 from ssad.statistics import fit_statistics
@@ -141,6 +143,65 @@ def test_pixel_calibration_is_cross_fitted_on_good_images(detector):
     # the normalised heatmap of a good image is centred near 0
     good = Detector(detector.model, cfg, calibration, statistics).heatmap(images)
     assert abs(good.mean()) < 0.05 and 0.5 < good.std() < 1.5
+
+
+def test_image_score_normalised_on_its_own(detector, tmp_path):
+    """score.image_normalize=pixel beside a structure heatmap: the heatmap and pixel threshold
+    of a structure-only detector, the scores and image threshold of a pixel-only one."""
+    rng = np.random.default_rng(6)
+    images = rng.random((6, 64, 64, 3)).astype(np.float32)
+    both = detector.config.override(
+        {"score.normalize": "structure", "score.image_normalize": "pixel"}
+    )
+    calibration, statistics = calibrate_on_good(Detector(detector.model, both), images, 4)
+    assert (calibration.normalize, calibration.image_normalize) == ("structure", "pixel")
+    assert statistics.mode == "structure" and statistics.image.mode == "pixel"
+    alone = {}
+    for mode in ("structure", "pixel"):
+        cfg = both.override({"score.normalize": mode, "score.image_normalize": "same"})
+        cal, stats = calibrate_on_good(Detector(detector.model, cfg), images, 4)
+        assert cal.image_normalize is None and stats.image is None
+        alone[mode] = cal, Detector(detector.model, cfg, cal, stats).maps(images)
+    heatmap, score = Detector(detector.model, both, calibration, statistics).maps(images)
+    np.testing.assert_allclose(heatmap, alone["structure"][1][0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(score, alone["pixel"][1][1], rtol=1e-6)
+    assert calibration.pixel_threshold == alone["structure"][0].pixel_threshold
+    assert calibration.image_threshold == pytest.approx(alone["pixel"][0].image_threshold)
+    RunDir(tmp_path).write_calibration(calibration, statistics)
+    assert RunDir(tmp_path).read_calibration() == calibration
+    assert RunDir(tmp_path).read_statistics().image.shape == (64, 64)
+
+
+def test_auto_image_normalisation_is_pixel_for_objects_only(detector):
+    from test_inspection import discs
+
+    from ssad.calibration import resolve_normalization
+
+    objects = [np.repeat(x[..., None], 3, axis=-1) for x in discs(n=8)]
+    textures = [np.random.default_rng(i).random((64, 64, 3)) for i in range(8)]
+    score = detector.config.score
+    assert score.normalize == "structure" and score.image_normalize == "auto"  # the defaults
+    assert resolve_normalization(score, objects) == ("structure", "pixel")
+    assert resolve_normalization(score, textures) == ("structure", None)
+    wide = [np.repeat(x, 2, axis=1) for x in objects]  # one size, not square
+    assert resolve_normalization(score, wide) == ("structure", "pixel")
+    assert resolve_normalization(score, [*objects, textures[0][:48]]) == ("structure", None)
+    pixel_heatmap = detector.config.override({"score.normalize": "pixel"}).score
+    assert resolve_normalization(pixel_heatmap, objects) == ("pixel", None)  # the same
+    image_global = detector.config.override({"score.image_normalize": "global"}).score
+    assert resolve_normalization(image_global, textures) == ("structure", "global")
+    sizes = [objects[0], objects[0][:32]]
+    with pytest.raises(ConfigError, match="score.image_normalize=pixel needs images of one"):
+        resolve_normalization(replace(score, image_normalize="pixel"), sizes)
+
+
+def test_a_run_of_an_earlier_ssad_scores_images_on_its_heatmap(run_dir, tmp_path):
+    config = json.loads((run_dir / "config.json").read_text())
+    del config["score"]["image_normalize"]
+    shutil.copytree(run_dir, tmp_path / "old")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    assert RunDir(tmp_path / "old").read_config().score.image_normalize == "same"
+    assert RunDir(run_dir).read_config().score.image_normalize == "auto"
 
 
 def test_calibrate_f1_picks_the_best_image_threshold(detector, tmp_path):

@@ -319,7 +319,12 @@ def test_serving_doc_tfsmlayer_reload(doc_cwd, want_part, capsys):
     "score",
     [
         {"score.normalize": "pixel", "score.map": "squared+msgms", "score.image": "mean_max"},
-        {"score.normalize": "structure", "score.image": "topk_mean", "score.tta": "flips"},
+        {
+            "score.normalize": "structure",
+            "score.image_normalize": "pixel",
+            "score.image": "topk_mean",
+            "score.tta": "flips",
+        },
         {"score.normalize": "global", "score.map": "msgms", "score.tta": "dihedral"},
     ],
 )
@@ -331,6 +336,8 @@ def test_export_matches_detector_with_every_scoring_option(score, tmp_path):
     RunDir(run).write_calibration(calibration, statistics)
     detector = Detector.load(run)
     assert detector.statistics.mode == score["score.normalize"]
+    image_mode = score.get("score.image_normalize", "auto")  # auto: pixel (object-like images)
+    assert detector.statistics.for_image.mode == {"auto": "pixel"}.get(image_mode, image_mode)
     images = np.stack([_image(40, 56, 1), _image(40, 56, 2)[::-1]])
     want = detector.predict(images)
     served = tf.saved_model.load(str(export(run, tmp_path / "export")))

@@ -1,5 +1,7 @@
 """Good-image statistics: fitted values against NumPy, application in TF, storage."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -75,6 +77,19 @@ def test_round_trip_and_bad_bytes():
         np.testing.assert_array_equal(getattr(again, name), getattr(stats, name))
     with pytest.raises(RunDirError, match="unreadable good-image statistics"):
         GoodStatistics.from_bytes(b"nonsense", "x.npz")
+    assert again.image is None and again.for_image is again
+
+
+def test_image_statistics_travel_with_the_heatmap_statistics():
+    maps = _maps(n=4)
+    pixel = fit_statistics("pixel", maps)
+    stats = dataclasses.replace(fit_statistics("global", maps), image=pixel)
+    assert stats.for_image is pixel and stats.shape == (16, 20)  # the image score's size
+    again = GoodStatistics.from_bytes(stats.to_bytes())
+    assert again.mode == "global" and again.image.mode == "pixel" and again.image.image is None
+    for name in ("mean", "std"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(stats, name))
+        np.testing.assert_array_equal(getattr(again.image, name), getattr(pixel, name))
 
 
 def test_none_is_the_identity():

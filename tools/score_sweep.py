@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 },
                 "settings": settings,
                 "normalize": detector.calibration.normalize,
+                "image_normalize": detector.calibration.image_normalize,
                 **{k: _round(found[k]) for k in ("image_auroc", "pixel_auroc", "aupro")},
                 "commit": git_commit(),
             }

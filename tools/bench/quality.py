@@ -156,6 +156,7 @@ def main(argv: list[str]) -> dict:
         "seed": base.train.seed,
         "extended_from": args.extend_from,
         "normalize": found["normalize"],  # what score.normalize resolved to
+        "image_normalize": found.get("image_normalize"),  # ... image_normalize (None: same)
         "commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     }
