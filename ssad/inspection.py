@@ -59,7 +59,8 @@ class Stationarity:
             )
         return (
             "object-like: pixel statistics depend on position; "
-            "use --preset object (rotations and flips off)"
+            "use --preset object (rotations and flips off); images are scored against "
+            "per-pixel statistics of good images when all have one size (score.image_normalize)"
         )
 
 
