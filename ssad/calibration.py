@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssad import metrics
+from ssad.data.geometry import mode_of
 from ssad.detection import Detector, as_image_list, batches
 from ssad.errors import BadImageError, ConfigError, DataError
 from ssad.run import Calibration
@@ -39,7 +40,8 @@ def calibrate_on_good(
         raise DataError("calibration needs at least one defect-free image")
     good = _GoodMaps(detector, items, batch_size)
     score_cfg = detector.config.score
-    modes = resolve_normalization(score_cfg, good.xs)
+    fixed_size = mode_of(detector.config.data) == "square"
+    modes = resolve_normalization(score_cfg, good.xs, fixed_size)
     counts, scores = np.zeros(metrics.N_BINS), []
     for stats, chosen in good.cross_fitted(*modes):
         for part in batches(list(chosen), batch_size, key=lambda i: good.xs[i].shape):
@@ -169,11 +171,14 @@ class _GoodMaps:
         yield self.fit(mode, image_mode, halves[0]), halves[1]
 
 
-def resolve_normalization(score, xs: list[np.ndarray]) -> tuple[str, str | None]:
+def resolve_normalization(
+    score, xs: list[np.ndarray], fixed_size: bool = True
+) -> tuple[str, str | None]:
     """``(heatmap mode, image score mode or None: the heatmap's)``: ``score.normalize`` and
     ``score.image_normalize`` of the ``ScoreConfig`` ``score`` resolved on the
     working-geometry good images ``xs``. ``auto``: ``pixel`` for object-like images of one
-    size (``ssad.inspection.stationarity``), else ``structure`` (heatmap) or the heatmap's
+    size (``ssad.inspection.stationarity``) at a working geometry of one size for every input
+    (``fixed_size``: ``data.resize=square``), else ``structure`` (heatmap) or the heatmap's
     (image score). ``pixel`` with images of several sizes is a ``ConfigError``."""
     one_size = len({x.shape for x in xs}) == 1
     for key in ("normalize", "image_normalize"):
@@ -189,7 +194,7 @@ def resolve_normalization(score, xs: list[np.ndarray]) -> tuple[str, str | None]
         if mode != "auto":
             return mode
         if object_like is None:
-            object_like = one_size and _object_like(np.stack(xs))
+            object_like = fixed_size and one_size and _object_like(np.stack(xs))
         return "pixel" if object_like else otherwise
 
     mode = resolve(score.normalize, "structure")

@@ -217,8 +217,8 @@ class ScoreConfig:
     # Defaults measured on the bottle, the tire and the demo together (docs/scoring.md).
     normalize: str = "structure"
     # ... and the map the image score is taken from: "same" (the heatmap), a mode as above,
-    # or "auto": pixel for object-like data of one size (which images are unusual as a
-    # whole), else the same as the heatmap.
+    # or "auto": pixel for object-like data at data.resize=square (which images are unusual
+    # as a whole), else the same as the heatmap.
     image_normalize: str = "auto"
     std_floor: float = 0.1  # smallest std of the statistics, as a fraction of its mean
     image: str = "mean_max"  # image score: max | mean_max (max of a k x k box mean) | topk_mean

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from ssad.config import Config
 from ssad.data.geometry import to_working, working_size
-from ssad.errors import OutdatedStatisticsError, RunDirError, VersionError
+from ssad.errors import ConfigError, OutdatedStatisticsError, RunDirError, VersionError
 from ssad.images import to_rgb
 from ssad.run import HOW_TO_CALIBRATE, Calibration, RunDir
 from ssad.scoring import anomaly_maps, heatmap_and_score, raw_maps
@@ -230,6 +230,15 @@ class Detector(BaseDetector):
         return cls(model, config, calibration, statistics)
 
     def batch_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fitted = None if self.statistics is None else self.statistics.shape
+        size = self.working_size(*batch.shape[1:3])
+        if fitted is not None and size != fitted:
+            raise ConfigError(
+                f"an image of {batch.shape[2]}x{batch.shape[1]} px is scored at {size[1]}x"
+                f"{size[0]}, but this run's per-pixel statistics are for {fitted[1]}x"
+                f"{fitted[0]}: give images of the training size, or rescore with --set "
+                "score.normalize=structure --set score.image_normalize=same"
+            )
         heatmap, score = self._graph(tf.convert_to_tensor(batch, tf.float32))
         return heatmap.numpy(), score.numpy()
 

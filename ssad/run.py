@@ -7,7 +7,7 @@
     history.json       one row per epoch: stage, step, loss, val_loss, repair probe, seconds
     heldout.json       the good images training held out (rescoring and recalibration)
     calibration.json   thresholds and what they were made for (:class:`Calibration`)
-    statistics.npz     the good-image statistics of the heatmap (``ssad.statistics``)
+    statistics.npz     good-image statistics of the heatmap and image score (``ssad.statistics``)
     logs/              TensorBoard: a folder of scalars per stage, images/ samples
     checkpoints/       last.npz: weights, optimizer state and progress, for resuming
 """

@@ -170,6 +170,10 @@ def test_image_score_normalised_on_its_own(detector, tmp_path):
     RunDir(tmp_path).write_calibration(calibration, statistics)
     assert RunDir(tmp_path).read_calibration() == calibration
     assert RunDir(tmp_path).read_statistics().image.shape == (64, 64)
+    # an image of another working size than the statistics': a clear error, not a graph's
+    native = both.override({"data.resize": "native"})
+    with pytest.raises(ConfigError, match=r"scored at 48x40, .* statistics are for 64x64"):
+        Detector(detector.model, native, calibration, statistics).maps(images[:1, :40, :48])
 
 
 def test_auto_image_normalisation_is_pixel_for_objects_only(detector):
@@ -185,6 +189,9 @@ def test_auto_image_normalisation_is_pixel_for_objects_only(detector):
     assert resolve_normalization(score, textures) == ("structure", None)
     wide = [np.repeat(x, 2, axis=1) for x in objects]  # one size, not square
     assert resolve_normalization(score, wide) == ("structure", "pixel")
+    # a working geometry that follows each input's size (data.resize=scale or native): new
+    # images may have other sizes than the held-out ones, so no per-pixel statistics
+    assert resolve_normalization(score, objects, fixed_size=False) == ("structure", None)
     assert resolve_normalization(score, [*objects, textures[0][:48]]) == ("structure", None)
     pixel_heatmap = detector.config.override({"score.normalize": "pixel"}).score
     assert resolve_normalization(pixel_heatmap, objects) == ("pixel", None)  # the same
