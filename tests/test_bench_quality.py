@@ -180,6 +180,32 @@ def test_score_sweep_matches_evaluate_and_rescores_from_the_held_out_images(tmp_
     assert "| map=squared, normalize=none, sigma=1 |" in table and "brick" in table
 
 
+def test_score_sweep_fits_on_fewer_held_out_images(tmp_path):
+    import score_sweep
+    from helpers import make_run_dir
+
+    from ssad.calibration import calibrate_on_good
+    from ssad.demo_data import make_demo_data
+    from ssad.detection import Detector
+    from ssad.run import RunDir
+    from ssad.scan import collect
+
+    data = make_demo_data(tmp_path / "brick", "brick", n_train=4, n_good=3, n_defect=2, size=64)
+    heldout = sorted((data / "train" / "good").iterdir())
+    run = make_run_dir(tmp_path / "run", "tiny", heldout=heldout)
+    argv = [str(run), "--data", str(data), "--grid", "score.normalize=pixel", "--heldout", "2,4"]
+    rows = score_sweep.main(argv)
+    assert [r["settings"]["heldout"] for r in rows] == [2, 4]
+    assert rows[0]["pixel_auroc"] != rows[1]["pixel_auroc"]  # other statistics
+    detector = Detector.load(run, score_overrides={"score.normalize": "pixel"})
+    detector.calibration, detector.statistics = calibrate_on_good(
+        detector, RunDir(run).read_heldout()[:2]
+    )
+    found = collect(detector, data)[0].summary()
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert rows[0][key] == pytest.approx(found[key], abs=1e-4)
+
+
 def test_quality_curve_plots_the_last_row_per_budget(tmp_path):
     from bench import quality_curve
 

@@ -1,19 +1,21 @@
 """Detection metrics of trained runs for a grid of scoring options, without retraining.
 
     python tools/score_sweep.py RUN_DIR... --data DIR [--grid score.KEY=V1,V2,...]...
-        [--results FILE]
+        [--heldout N1,N2,...] [--results FILE]
     python tools/score_sweep.py --table FILE [--runs-matching TEXT] [--by-commit]
 
 Each combination of the ``--grid`` values (their product) rescores every run as
 ``ssad evaluate RUN DATA --set ...`` would: the good-image statistics and thresholds are
 recomputed from the run's held-out images, then image AUROC, pixel AUROC and AUPRO are measured
 on ``DATA``'s test images at the working resolution. One JSON row per run and combination is
-printed and, with ``--results``, appended to that JSON-lines file; it also carries the run's
-steps and the last repair-probe ratios of its training (``history.json``). ``--table`` prints such a
-file as a markdown table: one line per combination of settings, per data set the mean of each
-metric over the runs (seeds) and, with several runs, its spread (max - min) and their number;
-``--by-commit`` splits the lines by the commit that scored them (the same runs rescored by two
-versions of the scoring code).
+printed and, with ``--results``, appended to that JSON-lines file; ``--heldout N1,N2`` adds
+an axis: statistics and thresholds fitted on only the first N held-out images (how many good
+images a scoring needs). A row also carries the run's steps and the last repair-probe ratios
+of its training (``history.json``). ``--table`` prints such a file as a markdown table: one
+line per combination of settings, per data set the mean of each metric over the runs (seeds)
+and, with several runs, its spread (max - min) and their number; ``--by-commit`` splits the
+lines by the commit that scored them (the same runs rescored by two versions of the scoring
+code).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--grid", action="append", default=[], metavar="KEY=V1,V2",
         help="score.* option and its values, e.g. score.image=max,mean_max (repeatable)",
     )  # fmt: skip
+    p.add_argument(
+        "--heldout", default="", metavar="N1,N2",
+        help="fit the statistics and thresholds on only the first N held-out images (a grid axis)",
+    )  # fmt: skip
     p.add_argument("--results", type=Path, help="JSON-lines file to append the rows to")
     args = p.parse_args(argv)
     if args.table:
@@ -60,8 +66,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         key, values = next(iter(parse_set(p, text).items()))
         values = values if isinstance(values, list) else [values]
         axes.append([(key, v) for v in values])
+    if args.heldout:
+        axes.append([("heldout", int(n)) for n in args.heldout.split(",")])
 
-    from ssad.detection import load_detector
+    from ssad.calibration import calibrate_on_good
+    from ssad.detection import Detector, load_detector
     from ssad.errors import ConfigError
     from ssad.run import RunDir
     from ssad.scan import collect
@@ -72,11 +81,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         history = RunDir(run).read_history()
         for combination in itertools.product(*axes):
             settings = dict(combination)
+            overrides = {k: v for k, v in settings.items() if k != "heldout"}
             try:
-                detector = load_detector([run], score_overrides=settings)
+                detector = load_detector([run], score_overrides=overrides)
             except ConfigError as e:  # e.g. several map terms without normalisation
                 print(f"skipped {settings}: {e}", file=sys.stderr)
                 continue
+            if "heldout" in settings:  # statistics and thresholds from fewer good images
+                heldout = RunDir(run).read_heldout()[: settings["heldout"]]
+                detector = Detector(detector.model, detector.config)
+                detector.calibration, detector.statistics = calibrate_on_good(detector, heldout)
             found = collect(detector, args.data)[0].summary()
             row = {
                 "run": str(run),
