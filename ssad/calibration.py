@@ -187,18 +187,12 @@ def resolve_normalization(
                 f"score.{key}=pixel needs images of one size at the working geometry "
                 "(data.resize=square); use structure or global"
             )
-    object_like = None  # decided once, when needed
-
-    def resolve(mode: str, otherwise: str) -> str:
-        nonlocal object_like
-        if mode != "auto":
-            return mode
-        if object_like is None:
-            object_like = fixed_size and one_size and _object_like(np.stack(xs))
-        return "pixel" if object_like else otherwise
-
-    mode = resolve(score.normalize, "structure")
-    image_mode = resolve(score.image_normalize, "same")
+    modes = (score.normalize, score.image_normalize)
+    object_like = "auto" in modes and fixed_size and one_size and _object_like(np.stack(xs))
+    mode, image_mode = (
+        ("pixel" if object_like else otherwise) if m == "auto" else m
+        for m, otherwise in zip(modes, ("structure", "same"), strict=True)
+    )
     return mode, None if image_mode in ("same", mode) else image_mode
 
 

@@ -416,7 +416,7 @@ def normalized_heatmap(maps: tf.Tensor, x: tf.Tensor, statistics, sigma: float) 
 
 def heatmap_and_score(maps, x, statistics, sigma: float, score, k_px: int):
     """``(heatmap [b, h, w], image score [b])`` at the working geometry from raw maps: the
-    score is taken from the map normalised by ``statistics.for_image`` (the heatmap when the
+    score is taken from the map normalised by ``statistics.image`` (the heatmap when the
     image score has no statistics of its own)."""
     heat = normalized_heatmap(maps, x, statistics, sigma)
     if statistics is not None and statistics.image is not None:

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for run in args.runs:
         config = RunDir(run).read_config().to_dict()
         history = RunDir(run).read_history()
+        heldout = RunDir(run).read_heldout() if args.heldout else []
         for combination in itertools.product(*axes):
             settings = dict(combination)
             overrides = {k: v for k, v in settings.items() if k != "heldout"}
@@ -88,9 +89,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(f"skipped {settings}: {e}", file=sys.stderr)
                 continue
             if "heldout" in settings:  # statistics and thresholds from fewer good images
-                heldout = RunDir(run).read_heldout()[: settings["heldout"]]
                 detector = Detector(detector.model, detector.config)
-                detector.calibration, detector.statistics = calibrate_on_good(detector, heldout)
+                detector.calibration, detector.statistics = calibrate_on_good(
+                    detector, heldout[: settings["heldout"]]
+                )
             found = collect(detector, args.data)[0].summary()
             row = {
                 "run": str(run),
