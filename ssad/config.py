@@ -176,6 +176,7 @@ class TrainConfig:
         )
         _check(len(self.stages) >= 1, "train.stages must not be empty")
         _check(self.schedule in ("constant", "cosine"), f"train.schedule {self.schedule!r}")
+        _check(0 <= self.warmup < 1, f"train.warmup must be in [0, 1), got {self.warmup}")
         _check(
             self.early_stopping_patience is None or self.early_stopping_patience >= 0,
             "train.early_stopping_patience must be >= 0 or null",
@@ -187,7 +188,6 @@ class TrainConfig:
         if self.early_stopping_patience is None:
             return 3 if self.objective == 2 else 0
         return self.early_stopping_patience
-        _check(0 <= self.warmup < 1, f"train.warmup must be in [0, 1), got {self.warmup}")
 
 
 MAP_TERMS = ("squared", "msgms")

@@ -44,6 +44,8 @@ def test_bad_values_and_files(tmp_path):
         Config().override({"model.bn_momentum": 1.0})
     with pytest.raises(ConfigError, match="model.width"):
         Config().override({"model.width": 0})
+    with pytest.raises(ConfigError, match="train.warmup"):
+        Config().override({"train.warmup": 1.0})
     with pytest.raises(ConfigError, match="unknown preset"):
         Config.preset("nope")
     with pytest.raises(ConfigError, match="not found"):
