@@ -45,8 +45,10 @@ def calibrate_on_good(
     counts, scores = np.zeros(metrics.N_BINS), []
     for stats, chosen in good.cross_fitted(*modes):
         for part in batches(list(chosen), batch_size, key=lambda i: good.xs[i].shape):
-            maps, xs = (np.stack([seq[i] for i in part]) for seq in (good.maps, good.xs))
-            heat, s = detector.finish(maps, xs, stats)
+            heat, s = detector.finish(
+                *(np.stack([seq[i] for i in part]) for seq in (good.maps, good.xs, good.recons)),
+                stats,
+            )
             counts += metrics.histogram(heat)
             scores.extend(s.tolist())
     calibration = Calibration(
@@ -134,10 +136,12 @@ class _GoodMaps:
         self.detector = detector
         self.maps: list[np.ndarray] = []
         self.xs: list[np.ndarray] = []
+        self.recons: list[np.ndarray] = []
         for batch in batches(items, batch_size):
-            m, x = detector.working_maps(np.stack(batch))
+            m, x, r = detector.working_maps(np.stack(batch))
             self.maps.extend(m)
             self.xs.extend(x)
+            self.recons.extend(r)
         self._guides = None
 
     def fit(self, mode: str, image_mode: str | None, chosen: np.ndarray) -> GoodStatistics:
@@ -153,7 +157,9 @@ class _GoodMaps:
         guides = None
         if mode == "structure":
             if self._guides is None:
-                self._guides = structure_guides(self.xs, d.sigma)
+                self._guides = structure_guides(
+                    self.xs, self.recons, d.sigma, d.config.score.structure_guide
+                )
             guides = [self._guides[i] for i in chosen]
         maps = [self.maps[i] for i in chosen]
         return fit_statistics(mode, maps, guides, d.sigma, d.config.score.std_floor)
@@ -207,11 +213,15 @@ def _object_like(x: np.ndarray) -> bool:
     return not stationarity(x).texture_like
 
 
-def structure_guides(xs: list[np.ndarray], sigma: float) -> list[np.ndarray]:
-    """The structure guides of working-geometry images ``xs``, a batch at a time."""
+def structure_guides(
+    xs: list[np.ndarray], recons: list[np.ndarray], sigma: float, source: str
+) -> list[np.ndarray]:
+    """The structure guides (``ssad.scoring.structure_guide``) of working-geometry images
+    ``xs`` and their reconstructions ``recons``, a batch at a time."""
     from ssad.scoring import structure_guide
 
     guides: list[np.ndarray] = []
-    for batch in batches(list(xs), 16):
-        guides.extend(structure_guide(tf.constant(np.stack(batch)), sigma).numpy())
+    for part in batches(list(range(len(xs))), 16, key=lambda i: xs[i].shape):
+        x, r = (tf.constant(np.stack([seq[i] for i in part])) for seq in (xs, recons))
+        guides.extend(structure_guide(x, r, sigma, source).numpy())
     return guides

@@ -195,6 +195,7 @@ NORMALIZE_MODES = ("none", "global", "pixel", "structure", "auto")
 IMAGE_NORMALIZE_MODES = ("same", *NORMALIZE_MODES)
 IMAGE_SCORES = ("max", "mean_max", "topk_mean")
 TTA_MODES = ("none", "flips", "dihedral")
+GUIDE_SOURCES = ("input", "reconstruction", "mean")
 
 
 @dataclass(frozen=True)
@@ -211,11 +212,14 @@ class ScoreConfig:
     # after each is normalised by its good-image statistics.
     map: str = "squared"
     # Good-image statistics the map is normalised by, (error - mean) / std: "structure" (mean
-    # and std conditioned on the input's local gradient energy), "pixel" (per-pixel maps, for
+    # and std conditioned on the local gradient energy), "pixel" (per-pixel maps, for
     # aligned objects), "global" (one mean and std), "none", or "auto" (pixel for object-like
     # data, structure for texture-like data, by ssad.inspection's stationarity check).
     # Defaults measured on the bottle, the tire and the demo together (docs/scoring.md).
     normalize: str = "structure"
+    # Whose gradient energy "structure" conditions on: "input", "reconstruction" or "mean" (of
+    # the two energies; a defect's own edges raise the input's, not the reconstruction's).
+    structure_guide: str = "mean"
     # ... and the map the image score is taken from: "same" (the heatmap), a mode as above,
     # or "auto": pixel for object-like data at data.resize=square (which images are unusual
     # as a whole), else the same as the heatmap.
@@ -255,6 +259,10 @@ class ScoreConfig:
         _check(self.image in IMAGE_SCORES, f"score.image {self.image!r}")
         _check(self.image_k >= 1, f"score.image_k must be >= 1, got {self.image_k}")
         _check(self.tta in TTA_MODES, f"score.tta {self.tta!r}")
+        _check(
+            self.structure_guide in GUIDE_SOURCES,
+            f"score.structure_guide {self.structure_guide!r}: one of {', '.join(GUIDE_SOURCES)}",
+        )
         _check(self.tile == 0 or self.tile >= 64, f"score.tile must be 0 or >= 64, got {self.tile}")
         for name in ("pixel_quantile", "image_quantile"):
             _check(0 < getattr(self, name) < 1, f"score.{name} must be in (0, 1)")
@@ -300,7 +308,9 @@ class Config:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @staticmethod
-    def load(path: str | os.PathLike) -> Config:
+    def load(path: str | os.PathLike, missing: dict[str, Any] | None = None) -> Config:
+        """The config saved at ``path``; ``missing``: values of dotted keys the file lacks
+        (e.g. what an earlier ssad did before the option existed)."""
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
@@ -310,6 +320,10 @@ class Config:
             raise ConfigError(f"{path}: not a JSON config ({e})") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: a config must be a JSON object")
+        for key, value in (missing or {}).items():
+            section, name = key.split(".")
+            if isinstance(d.get(section), dict) and name not in d[section]:
+                d[section][name] = value
         try:
             return Config.from_dict(d)
         except ConfigError as e:

@@ -170,8 +170,8 @@ class Detector(BaseDetector):
 
     def _raw_maps_graph(self, images):
         x = to_working(images, self.config.data)
-        maps, _ = raw_maps(self.model, x, self.config.score, self.sigma)
-        return maps, x
+        maps, recon = raw_maps(self.model, x, self.config.score, self.sigma)
+        return maps, x, recon
 
     @classmethod
     def load(
@@ -242,17 +242,21 @@ class Detector(BaseDetector):
         heatmap, score = self._graph(tf.convert_to_tensor(batch, tf.float32))
         return heatmap.numpy(), score.numpy()
 
-    def working_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(raw maps [b, h, w, m], images [b, h, w, 3])`` of one batch at the working
-        geometry: what the good-image statistics are fitted on."""
-        maps, x = self._raw_graph(tf.convert_to_tensor(batch, tf.float32))
-        return maps.numpy(), x.numpy()
+    def working_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(raw maps [b, h, w, m], images [b, h, w, 3], reconstructions [b, h, w, 3])`` of
+        one batch at the working geometry: what the good-image statistics are fitted on."""
+        maps, x, recon = self._raw_graph(tf.convert_to_tensor(batch, tf.float32))
+        return maps.numpy(), x.numpy(), recon.numpy()
 
-    def finish(self, maps, x, statistics: GoodStatistics | None):
+    def finish(self, maps, x, recon, statistics: GoodStatistics | None):
         """``(heatmaps, scores)`` at the working geometry from ``working_maps``' output,
         normalised by ``statistics`` (the same ops as the detection graph)."""
         heat, score = heatmap_and_score(
-            tf.constant(maps), tf.constant(x), statistics, self.sigma, self.config.score, self.k_px
+            *(tf.constant(t) for t in (maps, x, recon)),
+            statistics,
+            self.sigma,
+            self.config.score,
+            self.k_px,
         )
         return heat.numpy(), score.numpy()
 

@@ -29,6 +29,8 @@ from ssad.config import Config
 from ssad.errors import BadImageError, RunDirError, VersionError
 from ssad.files import atomic_path, atomic_write_bytes, atomic_write_text
 
+# Scoring options a config.json of an earlier ssad lacks, and what that ssad did instead.
+EARLIER_SCORING = {"score.image_normalize": "same", "score.structure_guide": "input"}
 HOW_TO_CALIBRATE = "make one with `ssad calibrate RUN_DIR DATA_DIR` or pass --threshold"
 
 
@@ -139,11 +141,8 @@ class RunDir:
         return self.model_path.is_file() and self.calibration_path.is_file()
 
     def read_config(self) -> Config:
-        config = Config.load(self.config_path)
-        saved = json.loads(self.config_path.read_text(encoding="utf-8")).get("score", {})
-        if "image_normalize" not in saved:  # an earlier ssad: images scored on the heatmap
-            config = config.override({"score.image_normalize": "same"})
-        return config
+        """The run's config; scoring options it predates read as what that ssad did."""
+        return Config.load(self.config_path, missing=EARLIER_SCORING)
 
     def load_model(self):
         """The trained Keras model, loaded in safe mode."""

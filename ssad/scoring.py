@@ -297,12 +297,15 @@ def error_maps(recon: tf.Tensor, images: tf.Tensor, terms: tuple[str, ...]) -> t
     return tf.stack([makers[t]() for t in terms], axis=-1)
 
 
-def structure_guide(images: tf.Tensor, sigma: float) -> tf.Tensor:
+def structure_guide(images: tf.Tensor, recon: tf.Tensor, sigma: float, source: str) -> tf.Tensor:
     """What ``structure`` normalisation conditions the error statistics on, ``[b, h, w, 1]``:
-    the local gradient energy of ``images`` (large on edges, mortar lines, texture),
-    Gaussian-smoothed."""
-    energy = tf.square(gradient_magnitude(_gray(images)))
-    return gaussian_smooth(energy, sigma)
+    the local gradient energy (large on edges, mortar lines, texture), Gaussian-smoothed, of
+    the input (``source="input"``), of its reconstruction (``"reconstruction"``) or the mean
+    of the two (``"mean"``). A defect's own edges raise the input's energy, and with it the
+    spread it is normalised by; the reconstruction, which replaces the defect, does not."""
+    sources = {"input": [images], "reconstruction": [recon], "mean": [images, recon]}[source]
+    energy = tf.add_n([tf.square(gradient_magnitude(_gray(t))) for t in sources])
+    return gaussian_smooth(energy / len(sources), sigma)
 
 
 # -- test-time augmentation -----------------------------------------------------------------------
@@ -396,7 +399,7 @@ def anomaly_maps(
     x = to_working(images, data)
     maps, recon = raw_maps(model, x, score, sigma, dtype)
     k_px = max(1, round(score.image_k * (256 if data is None else data.resolution) / 256))
-    heat, image = heatmap_and_score(maps, x, statistics, sigma, score, k_px)
+    heat, image = heatmap_and_score(maps, x, recon, statistics, sigma, score, k_px)
     if x is not images:
         # back to each input's size with the exporters' resize (bilinear when upscaling,
         # antialiased when downscaling)
@@ -405,20 +408,24 @@ def anomaly_maps(
     return heat, image, recon
 
 
-def normalized_heatmap(maps: tf.Tensor, x: tf.Tensor, statistics, sigma: float) -> tf.Tensor:
-    """Raw maps ``[b, h, w, m]`` of working-resolution images ``x`` normalised by
-    ``statistics`` and averaged over the terms: the heatmap ``[b, h, w]``."""
+def normalized_heatmap(maps: tf.Tensor, x, recon, statistics, sigma: float, score) -> tf.Tensor:
+    """Raw maps ``[b, h, w, m]`` of working-resolution images ``x`` (reconstructed as
+    ``recon``) normalised by ``statistics`` and averaged over the terms: the heatmap
+    ``[b, h, w]``."""
     if statistics is None:
         return tf.reduce_mean(maps, axis=-1)
-    guide = structure_guide(x, sigma) if statistics.mode == "structure" else None
+    guide = None
+    if statistics.mode == "structure":
+        guide = structure_guide(x, recon, sigma, score.structure_guide)
     return tf.reduce_mean(statistics.apply(maps, guide), axis=-1)
 
 
-def heatmap_and_score(maps, x, statistics, sigma: float, score, k_px: int):
+def heatmap_and_score(maps, x, recon, statistics, sigma: float, score, k_px: int):
     """``(heatmap [b, h, w], image score [b])`` at the working geometry from raw maps: the
     score is taken from the map normalised by ``statistics.image`` (the heatmap when the
     image score has no statistics of its own)."""
-    heat = normalized_heatmap(maps, x, statistics, sigma)
+    heat = normalized_heatmap(maps, x, recon, statistics, sigma, score)
     if statistics is not None and statistics.image is not None:
-        return heat, image_score(normalized_heatmap(maps, x, statistics.image, sigma), score, k_px)
+        own = normalized_heatmap(maps, x, recon, statistics.image, sigma, score)
+        return heat, image_score(own, score, k_px)
     return heat, image_score(heat, score, k_px)

@@ -121,7 +121,7 @@ def test_pixel_calibration_is_cross_fitted_on_good_images(detector):
     calibration, statistics = calibrate_on_good(Detector(detector.model, cfg), images, 4)
     assert calibration.normalize == "pixel" and statistics.shape == (64, 64)
     plain = Detector(detector.model, cfg)
-    maps, xs = plain.working_maps(images)
+    maps, xs, recons = plain.working_maps(images)
     sigma = plain.sigma
     np.testing.assert_allclose(
         statistics.mean, fit_statistics("pixel", list(maps), sigma=sigma).mean, rtol=1e-5
@@ -131,7 +131,7 @@ def test_pixel_calibration_is_cross_fitted_on_good_images(detector):
     halves = (slice(0, None, 2), slice(1, None, 2))
     for scored, fitted in (halves, halves[::-1]):
         stats = fit_statistics("pixel", list(maps[fitted]), sigma=sigma)
-        h, s = plain.finish(maps[scored], xs[scored], stats)
+        h, s = plain.finish(maps[scored], xs[scored], recons[scored], stats)
         heats.append(h)
         scores.append(s)
     assert calibration.image_threshold == pytest.approx(
@@ -202,13 +202,15 @@ def test_auto_image_normalisation_is_pixel_for_objects_only(detector):
         resolve_normalization(replace(score, image_normalize="pixel"), sizes)
 
 
-def test_a_run_of_an_earlier_ssad_scores_images_on_its_heatmap(run_dir, tmp_path):
+def test_a_run_of_an_earlier_ssad_scores_as_that_ssad_did(run_dir, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
-    del config["score"]["image_normalize"]
+    del config["score"]["image_normalize"], config["score"]["structure_guide"]
     shutil.copytree(run_dir, tmp_path / "old")
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
-    assert RunDir(tmp_path / "old").read_config().score.image_normalize == "same"
-    assert RunDir(run_dir).read_config().score.image_normalize == "auto"
+    old = RunDir(tmp_path / "old").read_config().score
+    assert (old.image_normalize, old.structure_guide) == ("same", "input")
+    new = RunDir(run_dir).read_config().score
+    assert (new.image_normalize, new.structure_guide) == ("auto", "mean")
 
 
 def test_calibrate_f1_picks_the_best_image_threshold(detector, tmp_path):

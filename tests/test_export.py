@@ -318,7 +318,13 @@ def test_serving_doc_tfsmlayer_reload(doc_cwd, want_part, capsys):
 @pytest.mark.parametrize(
     "score",
     [
-        {"score.normalize": "pixel", "score.map": "squared+msgms", "score.image": "mean_max"},
+        {
+            "score.normalize": "pixel",
+            "score.image_normalize": "structure",
+            "score.structure_guide": "reconstruction",
+            "score.map": "squared+msgms",
+            "score.image": "mean_max",
+        },
         {
             "score.normalize": "structure",
             "score.image_normalize": "pixel",

@@ -6,9 +6,17 @@ import tensorflow as tf
 from helpers import make_run_dir
 from scipy import ndimage
 
+from ssad.calibration import calibrate_on_good
 from ssad.config import ScoreConfig
 from ssad.detection import Detector
-from ssad.scoring import anomaly_maps, error_maps, image_score, msgms_map, tta_transforms
+from ssad.scoring import (
+    anomaly_maps,
+    error_maps,
+    image_score,
+    msgms_map,
+    structure_guide,
+    tta_transforms,
+)
 
 
 def _images(n=2, h=32, w=40, seed=0):
@@ -76,3 +84,46 @@ def test_tta_averages_the_maps_of_the_transformed_inputs(tmp_path):
         h, _, _ = anomaly_maps(detector.model, forward(x), None, 2.0, plain)
         want += inverse(h[..., None])[..., 0]
     np.testing.assert_allclose(heat.numpy(), want.numpy() / 4, rtol=1e-4, atol=1e-7)
+
+
+def test_structure_guide_sources():
+    x = np.zeros((1, 16, 24, 3), np.float32)
+    x[:, :, 12:] = 1.0  # a vertical edge in the input ...
+    flat = np.full_like(x, 0.5)  # ... that the reconstruction removed
+    guides = {
+        source: structure_guide(tf.constant(x), tf.constant(flat), 1.0, source).numpy()
+        for source in ("input", "reconstruction", "mean")
+    }
+    assert guides["input"].shape == (1, 16, 24, 1)
+    # away from the zero-padded border: energy on the input's edge, none on the flat recon
+    assert guides["input"][0, 8, 11, 0] > 0.5 and guides["input"][0, 8, 4, 0] < 1e-6
+    assert guides["reconstruction"][0, 8, 11, 0] < 1e-6
+    swapped = structure_guide(tf.constant(flat), tf.constant(x), 1.0, "input").numpy()
+    np.testing.assert_allclose(guides["reconstruction"], swapped, rtol=1e-6)
+    np.testing.assert_allclose(
+        guides["mean"], (guides["input"] + guides["reconstruction"]) / 2, rtol=1e-5, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize("source", ["input", "reconstruction", "mean"])
+def test_structure_statistics_are_fitted_on_the_chosen_guide(tmp_path, source):
+    """Calibration bins the good pixels by the guide ``score.structure_guide`` names, and the
+    detector applies them with the same guide."""
+    detector = Detector.load(make_run_dir(tmp_path / "run"))
+    cfg = detector.config.override(
+        {"score.normalize": "structure", "score.structure_guide": source}
+    )
+    plain = Detector(detector.model, cfg)
+    h, w = plain.working_size(48, 48)
+    images = _images(n=4, h=h, w=w, seed=3)  # the working size: scored as given
+    calibration, statistics = calibrate_on_good(plain, images, 2)
+    maps, xs, recons = plain.working_maps(images)
+    guide = structure_guide(tf.constant(xs), tf.constant(recons), plain.sigma, source).numpy()
+    levels = np.linspace(0, 1, statistics.quantiles.shape[1])
+    np.testing.assert_allclose(
+        statistics.quantiles[0], np.quantile(guide.ravel(), levels), rtol=1e-5, atol=1e-9
+    )
+    heat, _ = Detector(detector.model, cfg, calibration, statistics).maps(images)
+    want, _ = plain.finish(maps, xs, recons, statistics)
+    np.testing.assert_allclose(heat, want, rtol=1e-5, atol=1e-5)
+    assert abs(heat.mean()) < 0.1  # centred on the good images it was fitted on
