@@ -148,6 +148,8 @@ class _GoodMaps:
         """Statistics of ``mode`` fitted on the images ``chosen``, with those of
         ``image_mode`` for the image score (``None``: the heatmap's)."""
         stats = self._fit(mode, chosen)
+        if mode in ("pixel", "structure"):  # what score.global_mix mixes the heatmap with
+            stats = dataclasses.replace(stats, overall=self._fit("global", chosen))
         if image_mode is None:
             return stats
         return dataclasses.replace(stats, image=self._fit(image_mode, chosen))

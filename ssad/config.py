@@ -220,6 +220,12 @@ class ScoreConfig:
     # Whose gradient energy "structure" conditions on: "input", "reconstruction" or "mean" (of
     # the two energies; a defect's own edges raise the input's, not the reconstruction's).
     structure_guide: str = "mean"
+    # A pixel or structure heatmap is (1 - global_mix) * itself + global_mix * the error
+    # normalised by one mean and std of all good pixels: how unusual the error is for its
+    # place or structure, and how large it is at all (where good images always err a lot,
+    # defects may lie too: the tire's tread). 0: the normalised map alone. An image score
+    # normalised on its own (image_normalize below) is not mixed.
+    global_mix: float = 0.5
     # ... and the map the image score is taken from: "same" (the heatmap), a mode as above,
     # or "auto": pixel for object-like data at data.resize=square (which images are unusual
     # as a whole), else the same as the heatmap.
@@ -262,6 +268,9 @@ class ScoreConfig:
         _check(
             self.structure_guide in GUIDE_SOURCES,
             f"score.structure_guide {self.structure_guide!r}: one of {', '.join(GUIDE_SOURCES)}",
+        )
+        _check(
+            0 <= self.global_mix <= 1, f"score.global_mix must be in [0, 1], got {self.global_mix}"
         )
         _check(self.tile == 0 or self.tile >= 64, f"score.tile must be 0 or >= 64, got {self.tile}")
         for name in ("pixel_quantile", "image_quantile"):

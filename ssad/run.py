@@ -30,7 +30,11 @@ from ssad.errors import BadImageError, RunDirError, VersionError
 from ssad.files import atomic_path, atomic_write_bytes, atomic_write_text
 
 # Scoring options a config.json of an earlier ssad lacks, and what that ssad did instead.
-EARLIER_SCORING = {"score.image_normalize": "same", "score.structure_guide": "input"}
+EARLIER_SCORING = {
+    "score.image_normalize": "same",
+    "score.structure_guide": "input",
+    "score.global_mix": 0.0,
+}
 HOW_TO_CALIBRATE = "make one with `ssad calibrate RUN_DIR DATA_DIR` or pass --threshold"
 
 

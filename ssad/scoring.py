@@ -410,14 +410,19 @@ def anomaly_maps(
 
 def normalized_heatmap(maps: tf.Tensor, x, recon, statistics, sigma: float, score) -> tf.Tensor:
     """Raw maps ``[b, h, w, m]`` of working-resolution images ``x`` (reconstructed as
-    ``recon``) normalised by ``statistics`` and averaged over the terms: the heatmap
-    ``[b, h, w]``."""
+    ``recon``) normalised by ``statistics``, mixed with their global normalisation as
+    ``score.global_mix`` says (when ``statistics.overall`` holds it) and averaged over the
+    terms: the heatmap ``[b, h, w]``."""
     if statistics is None:
         return tf.reduce_mean(maps, axis=-1)
     guide = None
     if statistics.mode == "structure":
         guide = structure_guide(x, recon, sigma, score.structure_guide)
-    return tf.reduce_mean(statistics.apply(maps, guide), axis=-1)
+    z = statistics.apply(maps, guide)
+    if statistics.overall is not None and score.global_mix > 0:
+        mix = score.global_mix
+        z = (1.0 - mix) * z + mix * statistics.overall.apply(maps)
+    return tf.reduce_mean(z, axis=-1)
 
 
 def heatmap_and_score(maps, x, recon, statistics, sigma: float, score, k_px: int):

@@ -17,8 +17,11 @@ place" (or "for this kind of structure") is what the heatmap shows:
   bin, and it also ranks defects better than the bins alone (see ``docs/scoring.md``);
 - ``none``: the raw map.
 
-The image score may be normalised otherwise than the heatmap (``score.image_normalize``):
-``GoodStatistics.image`` then holds its statistics. Per-pixel statistics rank whole images of
+A ``pixel`` or ``structure`` heatmap is mixed with the globally normalised map
+(``score.global_mix``, ``GoodStatistics.overall``): how unusual an error is for its place or
+structure, and how large it is among all good pixels. The image score may be normalised
+otherwise than the heatmap (``score.image_normalize``): ``GoodStatistics.image`` then holds
+its statistics. Per-pixel statistics rank whole images of
 an aligned object best, statistics by structure give the better heatmap (``docs/scoring.md``).
 
 Few images give noisy per-pixel spreads, and a quiet region (a dark background) has a tiny
@@ -53,7 +56,9 @@ class GoodStatistics:
     (structure, with ``quantiles`` ``[g, bins + 1]``: the increasing values of each of the
     ``g`` guide channels at quantile levels 0, 1/bins, ..., 1; cells are the row-major
     combinations of one bin per channel). ``image``: the statistics of the image score when
-    it is normalised otherwise than the heatmap (``None``: these).
+    it is normalised otherwise than the heatmap (``None``: these). ``overall``: the global
+    statistics of the same maps, which a ``pixel`` or ``structure`` heatmap is mixed with
+    (``score.global_mix``; ``None``: not fitted).
     """
 
     mode: str
@@ -61,6 +66,7 @@ class GoodStatistics:
     std: np.ndarray
     quantiles: np.ndarray
     image: GoodStatistics | None = None
+    overall: GoodStatistics | None = None
 
     @property
     def for_image(self) -> GoodStatistics:
@@ -101,10 +107,15 @@ class GoodStatistics:
     # -- storage ----------------------------------------------------------------------------------
     _FIELDS = ("mode", "mean", "std", "quantiles")
 
+    _NESTED = ("image", "overall")
+
     def to_bytes(self) -> bytes:
         arrays = {key: np.asarray(getattr(self, key)) for key in self._FIELDS}
-        if self.image is not None:
-            arrays |= {f"image_{key}": np.asarray(getattr(self.image, key)) for key in self._FIELDS}
+        for name in self._NESTED:
+            if (nested := getattr(self, name)) is not None:
+                arrays |= {
+                    f"{name}_{key}": np.asarray(getattr(nested, key)) for key in self._FIELDS
+                }
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         return buffer.getvalue()
@@ -114,8 +125,9 @@ class GoodStatistics:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as f:
                 stats = _read(f, "", where)
-                if "image_mode" in f.files:
-                    stats = dataclasses.replace(stats, image=_read(f, "image_", where))
+                for name in GoodStatistics._NESTED:
+                    if f"{name}_mode" in f.files:
+                        stats = dataclasses.replace(stats, **{name: _read(f, f"{name}_", where)})
         except (OSError, EOFError, KeyError, ValueError) as e:
             raise RunDirError(f"{where}: unreadable good-image statistics ({e})") from None
         return stats

@@ -180,6 +180,20 @@ def test_score_sweep_matches_evaluate_and_rescores_from_the_held_out_images(tmp_
     assert "| map=squared, normalize=none, sigma=1 |" in table and "brick" in table
 
 
+def test_score_sweep_table_merges_demo_data_of_several_seeds():
+    import score_sweep
+
+    def row(dataset, value):
+        metrics = {"image_auroc": value, "pixel_auroc": value, "aupro": None}
+        return {"dataset": dataset, "settings": {"score.image": "max"}, "commit": "c", **metrics}
+
+    rows = [row("brick0", 0.6), row("brick1", 0.8), row("mvtec3d_tire", 0.5)]
+    lines = score_sweep.table(rows).splitlines()
+    assert lines[0].startswith("| settings | brick image auroc |")
+    assert "mvtec3d_tire image auroc" in lines[0] and "brick0" not in lines[0]
+    assert lines[2] == "| image=max | 0.700 ±0.100 (2) | 0.700 ±0.100 (2) | – | 0.500 | 0.500 | – |"
+
+
 def test_score_sweep_fits_on_fewer_held_out_images(tmp_path):
     import score_sweep
     from helpers import make_run_dir

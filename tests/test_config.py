@@ -85,6 +85,7 @@ def test_score_options_are_checked():
         ("score.normalize", "median", "score.normalize"),
         ("score.image", "mean", "score.image"),
         ("score.tta", "rotations", "score.tta"),
+        ("score.structure_guide", "output", "input, reconstruction, mean"),
         ("score.image_k", 0, "image_k"),
     ):
         with pytest.raises(ConfigError, match=message):

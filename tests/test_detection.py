@@ -117,7 +117,7 @@ def test_calibrate_on_good_takes_quantiles(detector, tmp_path):
 def test_pixel_calibration_is_cross_fitted_on_good_images(detector):
     rng = np.random.default_rng(5)
     images = rng.random((6, 64, 64, 3)).astype(np.float32)
-    cfg = detector.config.override({"score.normalize": "pixel"})
+    cfg = detector.config.override({"score.normalize": "pixel", "score.global_mix": 0.0})
     calibration, statistics = calibrate_on_good(Detector(detector.model, cfg), images, 4)
     assert calibration.normalize == "pixel" and statistics.shape == (64, 64)
     plain = Detector(detector.model, cfg)
@@ -147,7 +147,8 @@ def test_pixel_calibration_is_cross_fitted_on_good_images(detector):
 
 def test_image_score_normalised_on_its_own(detector, tmp_path):
     """score.image_normalize=pixel beside a structure heatmap: the heatmap and pixel threshold
-    of a structure-only detector, the scores and image threshold of a pixel-only one."""
+    of a structure-only detector, the scores and image threshold of a pixel-only one (whose
+    heatmap is not mixed with the global map: the image score's own normalisation is not)."""
     rng = np.random.default_rng(6)
     images = rng.random((6, 64, 64, 3)).astype(np.float32)
     both = detector.config.override(
@@ -158,7 +159,10 @@ def test_image_score_normalised_on_its_own(detector, tmp_path):
     assert statistics.mode == "structure" and statistics.image.mode == "pixel"
     alone = {}
     for mode in ("structure", "pixel"):
-        cfg = both.override({"score.normalize": mode, "score.image_normalize": "same"})
+        mix = both.score.global_mix if mode == "structure" else 0.0
+        cfg = both.override(
+            {"score.normalize": mode, "score.image_normalize": "same", "score.global_mix": mix}
+        )
         cal, stats = calibrate_on_good(Detector(detector.model, cfg), images, 4)
         assert cal.image_normalize is None and stats.image is None
         alone[mode] = cal, Detector(detector.model, cfg, cal, stats).maps(images)
@@ -204,13 +208,14 @@ def test_auto_image_normalisation_is_pixel_for_objects_only(detector):
 
 def test_a_run_of_an_earlier_ssad_scores_as_that_ssad_did(run_dir, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
-    del config["score"]["image_normalize"], config["score"]["structure_guide"]
+    for key in ("image_normalize", "structure_guide", "global_mix"):
+        del config["score"][key]
     shutil.copytree(run_dir, tmp_path / "old")
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     old = RunDir(tmp_path / "old").read_config().score
-    assert (old.image_normalize, old.structure_guide) == ("same", "input")
+    assert (old.image_normalize, old.structure_guide, old.global_mix) == ("same", "input", 0)
     new = RunDir(run_dir).read_config().score
-    assert (new.image_normalize, new.structure_guide) == ("auto", "mean")
+    assert (new.image_normalize, new.structure_guide, new.global_mix) == ("auto", "mean", 0.5)
 
 
 def test_calibrate_f1_picks_the_best_image_threshold(detector, tmp_path):

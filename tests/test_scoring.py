@@ -127,3 +127,24 @@ def test_structure_statistics_are_fitted_on_the_chosen_guide(tmp_path, source):
     want, _ = plain.finish(maps, xs, recons, statistics)
     np.testing.assert_allclose(heat, want, rtol=1e-5, atol=1e-5)
     assert abs(heat.mean()) < 0.1  # centred on the good images it was fitted on
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.5, 1.0])
+def test_global_mix_blends_the_normalised_map_with_its_global_normalisation(tmp_path, mix):
+    """score.global_mix: (1 - a) * structure-normalised + a * globally normalised heatmap,
+    with both statistics from the same good images."""
+    detector = Detector.load(make_run_dir(tmp_path / "run"))
+    cfg = detector.config.override({"score.normalize": "structure", "score.global_mix": mix})
+    plain = Detector(detector.model, cfg)
+    h, w = plain.working_size(48, 48)
+    images = _images(n=4, h=h, w=w, seed=5)
+    _, statistics = calibrate_on_good(plain, images, 2)
+    assert statistics.overall.mode == "global"
+    maps, xs, recons = plain.working_maps(images)
+    guide = structure_guide(tf.constant(xs), tf.constant(recons), plain.sigma, "mean")
+    z_structure = statistics.apply(tf.constant(maps), guide).numpy().mean(-1)
+    raw = maps.mean(-1)  # one map term: the global normalisation is an affine map of it
+    z_global = (raw - statistics.overall.mean[0]) / statistics.overall.std[0]
+    heat, _ = plain.finish(maps, xs, recons, statistics)
+    want = (1 - mix) * z_structure + mix * z_global
+    np.testing.assert_allclose(heat, want, rtol=1e-4, atol=1e-4)

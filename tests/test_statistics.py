@@ -92,6 +92,16 @@ def test_image_statistics_travel_with_the_heatmap_statistics():
         np.testing.assert_array_equal(getattr(again.image, name), getattr(pixel, name))
 
 
+def test_overall_statistics_travel_with_the_heatmap_statistics():
+    maps = _maps(n=4)
+    overall = fit_statistics("global", maps)
+    stats = dataclasses.replace(fit_statistics("pixel", maps), overall=overall)
+    again = GoodStatistics.from_bytes(stats.to_bytes())
+    assert again.mode == "pixel" and again.image is None and again.overall.mode == "global"
+    for name in ("mean", "std"):
+        np.testing.assert_array_equal(getattr(again.overall, name), getattr(overall, name))
+
+
 def test_none_is_the_identity():
     maps = _maps(n=2)
     stats = fit_statistics("none", maps)

@@ -121,13 +121,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def table(rows: list[dict], by_commit: bool = False) -> str:
     """Markdown: settings (and commits) x data sets, each metric's mean over runs (spread,
-    runs)."""
-    datasets = sorted({r["dataset"] for r in rows})
+    runs). Data sets named alike but for a trailing number (``brick0``, ``brick1``: demo data
+    made with different seeds) are one column."""
+    datasets = sorted({_family(r["dataset"]) for r in rows})
     groups: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         key = ", ".join(f"{k.removeprefix('score.')}={v}" for k, v in sorted(r["settings"].items()))
         key = f"{r['commit']}: {key or 'as trained'}" if by_commit else key
-        groups.setdefault(key, {}).setdefault(r["dataset"], []).append(r)
+        groups.setdefault(key, {}).setdefault(_family(r["dataset"]), []).append(r)
     metrics = ("image_auroc", "pixel_auroc", "aupro")
     head = ["settings"] + [f"{d} {m.replace('_', ' ')}" for d in datasets for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -159,6 +160,10 @@ def repair_table(rows: list[dict]) -> str:
         cells = [f"{r['repair'][k]:.3f}" if k in r["repair"] else "–" for k in kinds]
         lines.append(f"| {run} | {r['dataset']} | {r['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _family(dataset: str) -> str:
+    return re.sub(r"(?<=[a-z])\d+$", "", dataset)
 
 
 def _round(x):
