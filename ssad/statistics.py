@@ -8,13 +8,14 @@ place" (or "for this kind of structure") is what the heatmap shows:
 
 - ``pixel``: a mean and std map at the working resolution (aligned objects of one size);
 - ``global``: one mean and std per map (only matters when several maps are combined);
-- ``structure``: mean and std as a function of the input's local gradient energy
-  (``ssad.scoring.structure_guide``): textures, where a position means nothing but edges are
-  always harder than flat areas. Mean and std are fitted per quantile bin (16) of the guide
-  on good images; a pixel's are interpolated linearly between the bins' centres on the
-  quantile scale (linear between 17 stored quantiles). The normalisation is thus continuous
-  in the guide, so a rounding difference between runtimes cannot move a pixel into another
-  bin, and it also ranks defects better than the bins alone (see ``docs/scoring.md``);
+- ``structure``: mean and std as a function of the local gradient energy of the input and
+  its reconstruction (``ssad.scoring.structure_guide``): textures, where a position means
+  nothing but edges are always harder than flat areas. Mean and std are fitted per quantile
+  bin (16) of the guide on good images; a pixel's are interpolated linearly between the bins'
+  centres on the quantile scale (linear between 17 stored quantiles). The normalisation is
+  thus continuous in the guide, so a rounding difference between runtimes cannot move a pixel
+  into another bin, and it also ranks defects better than the bins alone (see
+  ``docs/scoring.md``);
 - ``none``: the raw map.
 
 A ``pixel`` or ``structure`` heatmap is mixed with the globally normalised map
