@@ -192,7 +192,9 @@ def test_serving_doc_runs_the_export_without_ssad(exported, tmp_path, monkeypatc
     assert out["score"].shape == (1,) and out["mask"].shape == (1, 240, 320)
 
 
+@pytest.mark.parametrize("run", ["square"], indirect=True)
 def test_export_parity_section_compares_every_test_image(run, tmp_path):
+    """The benchmark section on one geometry (the exports of both are compared above)."""
     for module in ("tf2onnx", "onnxruntime", "openvino"):
         pytest.importorskip(module)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
