@@ -22,8 +22,8 @@ A ``pixel`` or ``structure`` heatmap is mixed with the globally normalised map
 (``score.global_mix``, ``GoodStatistics.overall``): how unusual an error is for its place or
 structure, and how large it is among all good pixels. The image score may be normalised
 otherwise than the heatmap (``score.image_normalize``): ``GoodStatistics.image`` then holds
-its statistics. Per-pixel statistics rank whole images of
-an aligned object best, statistics by structure give the better heatmap (``docs/scoring.md``).
+its statistics. Per-pixel statistics rank whole images of an aligned object best, statistics
+by structure give the better heatmap (``docs/scoring.md``).
 
 Few images give noisy per-pixel spreads, and a quiet region (a dark background) has a tiny
 one: the std is smoothed and floored at ``floor`` times its mean over all positions
