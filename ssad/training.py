@@ -11,6 +11,7 @@ clock). What the run directory holds: ``ssad.run``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -42,7 +43,7 @@ from ssad.data.geometry import describe
 from ssad.data.pipeline import centre_crops
 from ssad.data.readers import load_working_images, training_image_paths
 from ssad.detection import Detector
-from ssad.errors import BadImageError, ConfigError, DataError, RunDirError
+from ssad.errors import BadImageError, ConfigError, DataError, RunDirError, SsadError
 from ssad.images import read_image
 from ssad.losses import objective_for
 from ssad.model import build_autoencoder, init_output_bias
@@ -205,9 +206,9 @@ def train(
     plans = plan_stages(config)  # a bad budget fails before anything starts
     # the strategy first: a multi-worker one must configure TensorFlow before any device query
     strategy = distribute.make_strategy(config.train.strategy)
-    cfg = _resolve_precision(config, verbose)
-    chief = distribute.is_chief(strategy)
     run = RunDir(run_dir)
+    cfg = _resolve(config, run if resume else None, verbose)
+    chief = distribute.is_chief(strategy)
     _refuse_finished_run(run, cfg, resume)
     if chief:
         run.path.mkdir(parents=True, exist_ok=True)  # an unusable --out fails before reading
@@ -269,12 +270,18 @@ def train(
     )
 
 
-def _resolve_precision(config: Config, verbose: int) -> Config:
-    """``config`` with ``train.mixed_precision`` resolved (``auto``: from the hardware)."""
+def _resolve(config: Config, resumed: RunDir | None, verbose: int) -> Config:
+    """``config`` with ``train.mixed_precision`` (``auto``: from the hardware) and
+    ``train.lam`` resolved, as config.json records them. An unset lambda is the objective's
+    default, or the value of the run ``resumed`` (when it has a checkpoint to resume)."""
     precision, why = resolve_precision(config.train.mixed_precision)
     if verbose and why != "as configured":
         print(f"mixed precision: {precision} ({why})", flush=True)
-    return replace(config, train=replace(config.train, mixed_precision=precision))
+    lam = config.train.weight
+    if config.train.lam is None and resumed is not None and resumed.checkpoint_path.exists():
+        with contextlib.suppress(SsadError):  # no readable config: prepare() tells
+            lam = resumed.read_config().train.weight
+    return replace(config, train=replace(config.train, mixed_precision=precision, lam=lam))
 
 
 def _load_images(data, cfg: Config, verbose: int):

@@ -72,8 +72,17 @@ def test_objective_2_stops_early_by_default_and_paper_preset_trains_as_printed()
     assert off.train.patience == 0
     paper = Config.preset("paper").train
     assert (paper.learning_rate, paper.norm, paper.schedule) == (1e-4, "l2", "constant")
+    assert paper.weight == 0.5
     cpu = Config.preset("object").train
     assert (cpu.learning_rate, cpu.norm, cpu.schedule) == (1e-3, "squared", "constant")
+
+
+def test_lambda_defaults_by_objective():
+    assert Config().train.lam is None and Config().train.weight == 0.9
+    assert Config().override({"train.objective": 2}).train.weight == 0.5
+    assert Config().override({"train.objective": 2, "train.lam": 0.3}).train.weight == 0.3
+    with pytest.raises(ConfigError, match="train.lam"):
+        Config().override({"train.lam": 1.5})
 
 
 def test_score_options_are_checked():

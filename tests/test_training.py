@@ -90,8 +90,12 @@ def test_cli_tiny_run_writes_every_run_dir_file(images, tmp_path):
     expected = training_config(Config.preset("tiny"), steps=4)
     precision = resolve_precision("auto")[0]  # the saved config holds what auto chose
     assert precision in result.output
-    # ... and the working geometry auto chose: images of one size are squared
-    expected = expected.override({"train.mixed_precision": precision, "data.resize": "square"})
+    # ... the lambda of objective 1 and the working geometry auto chose (images of one size
+    # are squared)
+    assert expected.train.lam is None
+    expected = expected.override(
+        {"train.mixed_precision": precision, "train.lam": 0.9, "data.resize": "square"}
+    )
     assert Config.load(run / "config.json") == expected
     assert "working geometry: square: every image resized to 64x64" in result.output
     heldout = json.loads((run / "heldout.json").read_text())["paths"]
@@ -227,11 +231,16 @@ def test_resume_refuses_other_settings(images, tmp_path):
     cfg = small_config(steps=2)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    cfg.save(run / "config.json")
+    cfg.override({"train.lam": 0.5}).save(run / "config.json")  # geometry unresolved
     state = np.array(json.dumps(asdict(RunState(epoch=1, step=2))))
     np.savez(run / "checkpoints" / "last.npz", state=state)
     with pytest.raises(RunDirError, match="train.lam"):
         train(cfg.override({"train.lam": 0.3}), images, run, verbose=0)
+    # an unset lambda resumes with the run's own (0.5: a run of an ssad of that default)
+    assert cfg.train.lam is None
+    with pytest.raises(RunDirError, match="data.resize") as refused:
+        train(cfg, images, run, verbose=0)
+    assert "train.lam" not in str(refused.value)
 
 
 def test_bf16_one_step_has_finite_loss(images, tmp_path):

@@ -21,7 +21,11 @@ from ssad.cli._common import command
 )
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Config JSON.")
 @click.option("--objective", type=click.IntRange(0, 2), help="1, 2: eq. (1), (2); 0: plain AE.")
-@click.option("--lam", type=click.FloatRange(0, 1), help="Weight lambda of the objective.")
+@click.option(
+    "--lam",
+    type=click.FloatRange(0, 1),
+    help="Weight lambda of the objective (default: 0.9 for objective 1, 0.5 for 2).",
+)
 @click.option("--image-size", type=int, help="Working resolution (stage crops scale with it).")
 @click.option(
     "--resize",

@@ -62,7 +62,7 @@ def main(argv: list[str]) -> dict:
         keras.mixed_precision.set_global_policy(POLICIES[precision])
         layers.PRUNE_PADDING_TAPS = prune
         model = build_autoencoder(cfg.model)
-        loss = objective_for(1, cfg.train.lam, cfg.train.norm)
+        loss = objective_for(1, cfg.train.weight, cfg.train.norm)
         model.compile(keras.optimizers.Adam(cfg.train.learning_rate), loss)
         times: list[float] = []
         clock = keras.callbacks.LambdaCallback(
