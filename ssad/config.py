@@ -130,8 +130,9 @@ class TrainConfig:
     # lambda of eq. (1)/(2), the weight of the normal part. None: 0.9 for objective 1, 0.5
     # (the paper's) for objective 2, not measured otherwise. Each term is a mean over its
     # region and the patch covers ~3 % of a crop, so at 0.5 a corrupted pixel weighs ~37x a
-    # normal one; at 0.9, ~4x. 0.9 was ahead at 20 minutes on the bottle and the tire and
-    # level on the demo (docs/training.md). Training saves the value used in config.json.
+    # normal one; at 0.9, ~4x (benchmarks/corruption_area.json). 0.9 was ahead at 20 minutes
+    # on the bottle and the tire and level on the demo (docs/training.md). Training saves the
+    # value used in config.json.
     lam: float | None = None
     # Norm in eq. (1)/(2): "l2" as printed (||.||_2, so each term is rms error / sqrt(area)),
     # or "squared" (||.||_2^2: each term is the mean squared error over its region). Squared

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-from bench import quality, quality_table  # noqa: E402
+from bench import corruption_area, quality, quality_table  # noqa: E402
 
 from ssad.errors import DataError  # noqa: E402
 
@@ -300,3 +300,13 @@ def test_extend_from_trains_a_copy_of_the_shorter_run_on(tmp_path, monkeypatch):
     assert calls == [(3.0, longer, True)]
     assert (row["steps"], row["extended_from"], row["minutes"]) == (42, 1.0, 3.0)
     assert (short / "eval").is_dir()  # the shorter run is untouched
+
+
+def test_corruption_area_weighs_a_corrupted_pixel_by_the_mask_share():
+    out = corruption_area.main(["--crop", "64", "--crops", "64", "--lams", "0.5,0.9"])
+    assert out["crops"] == 64
+    # patch sides are 5-35 % of the crop side, the blob a part of the patch
+    assert 0 < out["mask_share_median"] < 0.35**2 and 0 < out["mask_share_mean"] < 0.35**2
+    weight = out["corrupted_pixel_weight"]
+    assert weight["0.5"] > 1  # a corrupted pixel outweighs a normal one at the paper's lambda
+    assert weight["0.9"] == pytest.approx(weight["0.5"] / 9, abs=0.01)  # (1 - lam) / lam

@@ -21,6 +21,7 @@ SECTIONS = {
     "quality-table": "quality_table",
     "quality-curve": "quality_curve",
     "export-parity": "export_parity",
+    "corruption-area": "corruption_area",
 }
 
 
