@@ -111,8 +111,9 @@ class PlainReconstruction(keras.losses.Loss):
         return ops.mean(ops.square(ops.cast(y_pred, "float32") - x), axis=(1, 2, 3))
 
 
-def objective_for(objective: int, lam: float = 0.5, norm: str = "l2") -> keras.losses.Loss:
-    """The loss for ``TrainConfig.objective``: 1, 2, or 0 (plain autoencoder)."""
+def objective_for(objective: int, lam: float, norm: str) -> keras.losses.Loss:
+    """The loss for ``TrainConfig.objective``: 1, 2, or 0 (plain autoencoder, which ignores
+    ``lam`` and ``norm``); pass ``TrainConfig.weight`` as ``lam``."""
     if objective == 1:
         return Objective1(lam=lam, norm=norm)
     if objective == 2:

@@ -298,7 +298,7 @@ def _load_images(data, cfg: Config, verbose: int):
 
 def _build_model(cfg: Config, strategy: tf.distribute.Strategy, train_images) -> keras.Model:
     """The autoencoder, compiled with the objective and its optimizer built, in ``strategy``."""
-    loss = objective_for(cfg.train.objective, cfg.train.lam, cfg.train.norm)
+    loss = objective_for(cfg.train.objective, cfg.train.weight, cfg.train.norm)
     with strategy.scope():
         model = build_autoencoder(cfg.model)
         init_output_bias(model, _mean_colour(train_images))

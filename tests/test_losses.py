@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssad.losses import Objective1, Objective2, PlainReconstruction, pack_targets
+from ssad.config import Config
+from ssad.losses import Objective1, Objective2, PlainReconstruction, objective_for, pack_targets
 
 
 def _np_objective(x, x_hat, m, f, lam, which, norm="l2"):
@@ -110,3 +111,13 @@ def test_serializable(cls):
     assert type(restored) is cls and restored.lam == 0.25
     with pytest.raises(ValueError):
         cls(lam=1.5)
+
+
+@pytest.mark.parametrize("objective, cls, lam", [(1, Objective1, 0.9), (2, Objective2, 0.5)])
+def test_objective_for_takes_the_configured_weight(objective, cls, lam):
+    train = Config().override({"train.objective": objective, "train.norm": "squared"}).train
+    loss = objective_for(train.objective, train.weight, train.norm)
+    assert type(loss) is cls and loss.lam == lam and loss.norm == "squared"
+    assert type(objective_for(0, train.weight, train.norm)) is PlainReconstruction
+    with pytest.raises(ValueError, match="0, 1 or 2"):
+        objective_for(3, train.weight, train.norm)
