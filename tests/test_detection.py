@@ -35,8 +35,10 @@ def test_heatmap_has_the_input_size_and_score_follows_score_image(detector):
     assert np.all(heatmap >= 0) and heatmap.std() > 0  # no statistics: raw error maps
     working = rng.random((2, 64, 64, 3)).astype(np.float32)  # at the working resolution
     heatmap, score = detector.maps(working)
-    assert detector.config.score.image == "mean_max" and detector.k_px == 4  # 16 px at 256
-    assert np.all(score < heatmap.max(axis=(1, 2)))  # the max of a 4 x 4 box mean
+    assert detector.config.score.image == "topk_mean" and detector.k_px == 8  # 32 px at 256
+    top = np.sort(heatmap.reshape(2, -1), axis=1)[:, -64:]  # the mean of the top 8 x 8 pixels
+    np.testing.assert_allclose(score, top.mean(axis=1), rtol=1e-5)
+    assert np.all(score < heatmap.max(axis=(1, 2)))
     by_max = Detector(detector.model, detector.config.override({"score.image": "max"}))
     np.testing.assert_allclose(by_max.score(working), heatmap.max(axis=(1, 2)), rtol=1e-6)
     assert detector.sigma == pytest.approx(4.0 * 64 / 256)

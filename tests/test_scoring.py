@@ -143,8 +143,8 @@ def test_global_mix_blends_the_normalised_map_with_its_global_normalisation(tmp_
     maps, xs, recons = plain.working_maps(images)
     guide = structure_guide(tf.constant(xs), tf.constant(recons), plain.sigma, "mean")
     z_structure = statistics.apply(tf.constant(maps), guide).numpy().mean(-1)
-    raw = maps.mean(-1)  # one map term: the global normalisation is an affine map of it
-    z_global = (raw - statistics.overall.mean[0]) / statistics.overall.std[0]
+    assert maps.shape[-1] == len(cfg.score.map_terms) == 2  # squared and msgms, each normalised
+    z_global = ((maps - statistics.overall.mean) / statistics.overall.std).mean(-1)
     heat, _ = plain.finish(maps, xs, recons, statistics)
     want = (1 - mix) * z_structure + mix * z_global
     np.testing.assert_allclose(heat, want, rtol=1e-4, atol=1e-4)
