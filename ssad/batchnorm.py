@@ -1,4 +1,10 @@
-"""Batch-normalisation statistics for inference, recomputed after training ("precise BN").
+"""Batch normalisation: the fused layer the model is built with, and its statistics for
+inference recomputed after training ("precise BN").
+
+``FusedBatchNormalization`` computes what Keras' ``BatchNormalization`` computes, in one
+oneDNN kernel per pass instead of a dozen element-wise ops (Keras 3 has no fused path). Under a
+bfloat16 policy it normalises in float32, between two casts: TensorFlow's bfloat16 fused
+kernel is slower on CPUs than the float32 one. ``tools/benchmark.py train`` measures the gain.
 
 Keras keeps an exponential moving average of each BatchNormalization layer's batch statistics.
 After a short CPU budget of a few hundred steps that average still remembers earlier weights,
@@ -12,6 +18,45 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="ssad")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` over the last axis of 4-D inputs, fused.
+
+    Same weights, configuration, moving-average update and results (to float rounding; other
+    inputs, masks and renormalisation take Keras' own path). The float32 kernel returns the
+    unbiased batch variance; the moving variance keeps Keras' biased one.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None or self.renorm or len(inputs.shape) != 4 or self.axis not in (-1, 3):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)
+        ones = tf.ones_like(self.moving_mean)
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else ones
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros_like(ones)
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, scale, offset, epsilon=self.epsilon, is_training=True
+            )
+            n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+            variance = variance * (n - 1.0) / n
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+            self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x,
+                scale,
+                offset,
+                mean=self.moving_mean,
+                variance=self.moving_variance,
+                epsilon=self.epsilon,
+                is_training=False,
+            )
+        return tf.cast(y, self.compute_dtype)
 
 
 def recalibrate_batch_norm(

@@ -1,7 +1,8 @@
 """The paper's autoencoder (Table 1): a plain conv encoder, stacked dilated convolutions (SDC)
 at 1/8 resolution, a transposed-conv decoder and a sigmoid 1x1 output without normalisation.
 
-Built from stock Keras layers plus the registered ``ssad>DilatedConv2D``, so a saved ``.keras``
+Built from stock Keras layers plus the registered ``ssad>DilatedConv2D`` and
+``ssad>FusedBatchNormalization``, so a saved ``.keras``
 file loads in safe mode with no ``custom_objects`` once ``ssad`` is imported.
 """
 
@@ -11,6 +12,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from ssad.batchnorm import FusedBatchNormalization
 from ssad.config import ModelConfig
 from ssad.layers import DilatedConv2D
 
@@ -22,7 +24,7 @@ def _channels(n: int, width: float) -> int:
 def _conv_bn_relu(x, filters: int, kernel: int, name: str, momentum: float, dilation: int = 1):
     conv = DilatedConv2D if dilation > 1 else layers.Conv2D
     x = conv(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False, name=name)(x)
-    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -62,7 +64,7 @@ def build_autoencoder(
             use_bias=False,
             name=f"dec{level}_up",
         )(x)
-        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"dec{level}_up_bn")(x)
+        x = FusedBatchNormalization(momentum=cfg.bn_momentum, name=f"dec{level}_up_bn")(x)
         x = layers.ReLU(name=f"dec{level}_up_relu")(x)
         x = _conv_bn_relu(x, _channels(mid, cfg.width), 3, f"dec{level}_conv1", cfg.bn_momentum)
         x = _conv_bn_relu(x, _channels(out, cfg.width), 3, f"dec{level}_conv2", cfg.bn_momentum)

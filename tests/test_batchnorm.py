@@ -1,9 +1,10 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import ssad
-from ssad.batchnorm import recalibrate_batch_norm
+from ssad.batchnorm import FusedBatchNormalization, recalibrate_batch_norm
 from ssad.model import init_output_bias
 
 
@@ -68,3 +69,42 @@ def test_output_bias_starts_at_the_mean_colour(model):
         np.zeros_like(model.get_layer("reconstruction").kernel.numpy())
     )
     np.testing.assert_allclose(model(x)[0, 0, 0], [0.25, 0.5, 0.02], atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_fused_layer_computes_what_keras_batch_normalization_computes(policy):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (4, 6, 5, 8)), tf.float32)
+    weights = tf.constant(rng.normal(size=x.shape), tf.float32)  # a loss that weighs each value
+    results = []
+    for cls in (keras.layers.BatchNormalization, FusedBatchNormalization):
+        layer = cls(momentum=0.8, dtype=policy)
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 2.0, 8))
+        layer.beta.assign(np.linspace(-0.3, 0.3, 8))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        assert y.dtype == layer.compute_dtype
+        results.append(
+            [y, layer.moving_mean, layer.moving_variance, *grads, layer(x, training=False)]
+        )
+    tol = 1e-4 if policy == "float32" else 2e-2  # bfloat16 keeps 8 bits of mantissa
+    for keras_value, fused_value in zip(*results, strict=True):
+        keras_value = np.asarray(tf.cast(keras_value, tf.float32))
+        fused_value = np.asarray(tf.cast(fused_value, tf.float32))
+        scale = np.abs(keras_value).max()
+        np.testing.assert_allclose(fused_value, keras_value, atol=tol * scale)
+
+
+def test_the_model_is_built_with_the_fused_layer_and_loads_back(model, tmp_path):
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(isinstance(layer, FusedBatchNormalization) for layer in bns)
+    recalibrate_batch_norm(model, _images(), batch_size=4, batches=2)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert isinstance(loaded.get_layer("enc1_conv1_bn"), FusedBatchNormalization)
+    x = _images().astype("float32") / 255.0
+    np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-6)
