@@ -26,17 +26,13 @@ from ssad.config import Config
 from ssad.data.geometry import to_working, working_size
 from ssad.errors import ConfigError, OutdatedStatisticsError, RunDirError, VersionError
 from ssad.images import to_rgb
-from ssad.run import HOW_TO_CALIBRATE, Calibration, RunDir
+from ssad.run import EARLIER_SCORING, HOW_TO_CALIBRATE, Calibration, RunDir
 from ssad.scoring import anomaly_maps, heatmap_and_score, raw_maps
 from ssad.statistics import GoodStatistics
 
-# What a calibration without a "score" entry was made for (ssad before the scoring options).
-LEGACY_SCORE = {
-    "score.map": "squared",
-    "score.normalize": "none",
-    "score.image_normalize": "same",
-    "score.image": "max",
-}
+# What a calibration without a "score" entry was made for (ssad before the scoring options):
+# raw maps, scored as that ssad did.
+LEGACY_SCORE = {**EARLIER_SCORING, "score.normalize": "none"}
 
 
 class BaseDetector:

@@ -13,7 +13,13 @@ steps of tracing and autotuning:
   counts only the products that meet data (``count_flops(useful=True)``);
 - ``all_taps_speedup``: cached-batch step time with the dilated convolutions' padding-only taps
   kept (``ssad.layers.PRUNE_PADDING_TAPS = False``) over the time without them;
-- ``float32_speedup`` (when the precision is not float32): float32 cached step time over this one.
+- ``float32_speedup`` (when the precision is not float32): float32 cached step time over this one;
+- ``keras_batchnorm_speedup``: cached step time with Keras' own ``BatchNormalization`` in place
+  of ``ssad.batchnorm.FusedBatchNormalization`` over the time with it, and
+  ``float32_keras_batchnorm_speedup`` the same in float32 over this one (the step of the
+  releases before the fused layer, when float32 was the default).
+
+Step times are medians over the timed steps (robust to the odd slow step of a shared machine).
 
 Images: the training images of ``--data`` (default: the shared tire set when present), else
 generated noise. The machine should be otherwise idle.
@@ -23,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import time
+
+import numpy as np
 
 from bench import SHARED_TIRE, bench_images
 
@@ -41,6 +49,7 @@ def main(argv: list[str]) -> dict:
     import keras
     import tensorflow as tf
 
+    import ssad.model
     from bench.inference import _matmul_probe
     from ssad import layers
     from ssad.config import Config
@@ -57,11 +66,15 @@ def main(argv: list[str]) -> dict:
     probe = _matmul_probe(compute)
     peak = max(probe() for _ in range(3))
 
-    def seconds_per_step(dataset, precision=precision, prune=True) -> float:
-        """Steady-state seconds per step of one ``fit`` on a fresh model."""
+    fused = ssad.model.FusedBatchNormalization
+
+    def seconds_per_step(dataset, precision=precision, prune=True, keras_bn=False) -> float:
+        """Steady-state seconds per step of one ``fit`` on a fresh model (median step)."""
         keras.mixed_precision.set_global_policy(POLICIES[precision])
         layers.PRUNE_PADDING_TAPS = prune
+        ssad.model.FusedBatchNormalization = keras.layers.BatchNormalization if keras_bn else fused
         model = build_autoencoder(cfg.model)
+        ssad.model.FusedBatchNormalization = fused
         loss = objective_for(1, cfg.train.weight, cfg.train.norm)
         model.compile(keras.optimizers.Adam(cfg.train.learning_rate), loss)
         times: list[float] = []
@@ -72,7 +85,7 @@ def main(argv: list[str]) -> dict:
         model.fit(
             dataset, epochs=1, steps_per_epoch=steps, callbacks=[clock], shuffle=False, verbose=0
         )
-        seconds = (times[-1] - times[args.warmup - 1]) / args.steps
+        seconds = float(np.median(np.diff(times[args.warmup - 1 :])))
         keras.mixed_precision.set_global_policy("float32")
         layers.PRUNE_PADDING_TAPS = True
         return seconds
@@ -101,6 +114,10 @@ def main(argv: list[str]) -> dict:
         }
         if precision != "none":
             row["float32_speedup"] = round(seconds_per_step(cached, "none") / t_cached, 3)
+        keras_bn = seconds_per_step(cached, keras_bn=True)
+        row["keras_batchnorm_speedup"] = round(keras_bn / t_cached, 3)
+        keras_float32 = seconds_per_step(cached, "none", keras_bn=True)
+        row["float32_keras_batchnorm_speedup"] = round(keras_float32 / t_cached, 3)
         rows.append(row)
         weighted_real += stage.fraction / total_fraction * t_real
         weighted_cached += stage.fraction / total_fraction * t_cached
