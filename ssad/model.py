@@ -2,8 +2,8 @@
 at 1/8 resolution, a transposed-conv decoder and a sigmoid 1x1 output without normalisation.
 
 Built from stock Keras layers plus the registered ``ssad>DilatedConv2D`` and
-``ssad>FusedBatchNormalization``, so a saved ``.keras``
-file loads in safe mode with no ``custom_objects`` once ``ssad`` is imported.
+``ssad>FusedBatchNormalization``, so a saved ``.keras`` file loads in safe mode with no
+``custom_objects`` once ``ssad`` is imported.
 """
 
 from __future__ import annotations
