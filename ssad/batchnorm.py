@@ -26,17 +26,18 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` over the last axis of 4-D inputs, fused.
 
     Same weights, configuration, moving-average update and results (to float rounding; other
-    inputs, masks and renormalisation take Keras' own path). The float32 kernel returns the
-    unbiased batch variance; the moving variance keeps Keras' biased one.
+    inputs, masks, renormalisation and synchronised statistics take Keras' own path). The
+    kernel returns the unbiased batch variance; the moving variance keeps Keras' biased one.
     """
 
     def call(self, inputs, training=None, mask=None):
-        if mask is not None or self.renorm or len(inputs.shape) != 4 or self.axis not in (-1, 3):
+        keras_path = mask is not None or self.renorm or self.synchronized
+        if keras_path or len(inputs.shape) != 4 or self.axis not in (-1, 3):
             return super().call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, tf.float32)
-        ones = tf.ones_like(self.moving_mean)
-        scale = tf.cast(self.gamma, tf.float32) if self.scale else ones
-        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros_like(ones)
+        channels = tf.shape(self.moving_mean)
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones(channels)
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros(channels)
         if training and self.trainable:
             y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 x, scale, offset, epsilon=self.epsilon, is_training=True

@@ -71,22 +71,24 @@ def test_output_bias_starts_at_the_mean_colour(model):
     np.testing.assert_allclose(model(x)[0, 0, 0], [0.25, 0.5, 0.02], atol=1e-5)
 
 
+@pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_fused_layer_computes_what_keras_batch_normalization_computes(policy):
+def test_fused_layer_computes_what_keras_batch_normalization_computes(policy, affine):
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(2.0, 3.0, (4, 6, 5, 8)), tf.float32)
     weights = tf.constant(rng.normal(size=x.shape), tf.float32)  # a loss that weighs each value
     results = []
     for cls in (keras.layers.BatchNormalization, FusedBatchNormalization):
-        layer = cls(momentum=0.8, dtype=policy)
+        layer = cls(momentum=0.8, center=affine, scale=affine, dtype=policy)
         layer.build(x.shape)
-        layer.gamma.assign(np.linspace(0.5, 2.0, 8))
-        layer.beta.assign(np.linspace(-0.3, 0.3, 8))
+        if affine:
+            layer.gamma.assign(np.linspace(0.5, 2.0, 8))
+            layer.beta.assign(np.linspace(-0.3, 0.3, 8))
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = layer(x, training=True)
             loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
-        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        grads = tape.gradient(loss, [x, *layer.trainable_weights])
         assert y.dtype == layer.compute_dtype
         results.append(
             [y, layer.moving_mean, layer.moving_variance, *grads, layer(x, training=False)]
