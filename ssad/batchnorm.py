@@ -4,7 +4,8 @@ inference recomputed after training ("precise BN").
 ``FusedBatchNormalization`` computes what Keras' ``BatchNormalization`` computes, in one
 oneDNN kernel per pass instead of a dozen element-wise ops (Keras 3 has no fused path). Under a
 bfloat16 policy it normalises in float32, between two casts: TensorFlow's bfloat16 fused
-kernel is slower on CPUs than the float32 one. ``tools/benchmark.py train`` measures the gain.
+kernel was no faster on our CPU than Keras' ops. ``tools/benchmark.py train`` measures the
+gain (it sets ``FUSE = False`` to time Keras' path).
 
 Keras keeps an exponential moving average of each BatchNormalization layer's batch statistics.
 After a short CPU budget of a few hundred steps that average still remembers earlier weights,
@@ -20,6 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+# Run the fused kernel; ``tools/benchmark.py train`` turns it off to measure the gain.
+FUSE = True
+
 
 @keras.saving.register_keras_serializable(package="ssad")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
@@ -31,7 +35,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """
 
     def call(self, inputs, training=None, mask=None):
-        keras_path = mask is not None or self.renorm or self.synchronized
+        keras_path = not FUSE or mask is not None or self.renorm or self.synchronized
         if keras_path or len(inputs.shape) != 4 or self.axis not in (-1, 3):
             return super().call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, tf.float32)

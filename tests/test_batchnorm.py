@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 import ssad
+from ssad import batchnorm
 from ssad.batchnorm import FusedBatchNormalization, recalibrate_batch_norm
 from ssad.model import init_output_bias
 
@@ -110,3 +111,14 @@ def test_the_model_is_built_with_the_fused_layer_and_loads_back(model, tmp_path)
     assert isinstance(loaded.get_layer("enc1_conv1_bn"), FusedBatchNormalization)
     x = _images().astype("float32") / 255.0
     np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_fuse_switch_picks_the_fused_kernel_or_keras_ops(fuse, monkeypatch):
+    monkeypatch.setattr(batchnorm, "FUSE", fuse)
+    layer = FusedBatchNormalization()
+    x = tf.ones((2, 4, 4, 3))
+    layer.build(x.shape)
+    graph = tf.function(lambda t: layer(t, training=True)).get_concrete_function(x).graph
+    ops = {op.type for op in graph.get_operations()}
+    assert ("FusedBatchNormV3" in ops) == fuse

@@ -14,8 +14,8 @@ steps of tracing and autotuning:
 - ``all_taps_speedup``: cached-batch step time with the dilated convolutions' padding-only taps
   kept (``ssad.layers.PRUNE_PADDING_TAPS = False``) over the time without them;
 - ``float32_speedup`` (when the precision is not float32): float32 cached step time over this one;
-- ``keras_batchnorm_speedup``: cached step time with Keras' own ``BatchNormalization`` in place
-  of ``ssad.batchnorm.FusedBatchNormalization`` over the time with it, and
+- ``keras_batchnorm_speedup``: cached step time with Keras' own batch normalisation
+  (``ssad.batchnorm.FUSE = False``) over the time with the fused kernel, and
   ``float32_keras_batchnorm_speedup`` the same in float32 over this one (the step of the
   releases before the fused layer, when float32 was the default).
 
@@ -49,9 +49,8 @@ def main(argv: list[str]) -> dict:
     import keras
     import tensorflow as tf
 
-    import ssad.model
     from bench.inference import _matmul_probe
-    from ssad import layers
+    from ssad import batchnorm, layers
     from ssad.config import Config
     from ssad.data import train_dataset
     from ssad.losses import objective_for
@@ -66,15 +65,12 @@ def main(argv: list[str]) -> dict:
     probe = _matmul_probe(compute)
     peak = max(probe() for _ in range(3))
 
-    fused = ssad.model.FusedBatchNormalization
-
     def seconds_per_step(dataset, precision=precision, prune=True, keras_bn=False) -> float:
         """Steady-state seconds per step of one ``fit`` on a fresh model (median step)."""
         keras.mixed_precision.set_global_policy(POLICIES[precision])
         layers.PRUNE_PADDING_TAPS = prune
-        ssad.model.FusedBatchNormalization = keras.layers.BatchNormalization if keras_bn else fused
+        batchnorm.FUSE = not keras_bn
         model = build_autoencoder(cfg.model)
-        ssad.model.FusedBatchNormalization = fused
         loss = objective_for(1, cfg.train.weight, cfg.train.norm)
         model.compile(keras.optimizers.Adam(cfg.train.learning_rate), loss)
         times: list[float] = []
@@ -88,6 +84,7 @@ def main(argv: list[str]) -> dict:
         seconds = float(np.median(np.diff(times[args.warmup - 1 :])))
         keras.mixed_precision.set_global_policy("float32")
         layers.PRUNE_PADDING_TAPS = True
+        batchnorm.FUSE = True
         return seconds
 
     rows, weighted_real, weighted_cached = [], 0.0, 0.0
