@@ -42,6 +42,8 @@ def calibrate_on_good(
     score_cfg = detector.config.score
     fixed_size = mode_of(detector.config.data) == "square"
     modes = resolve_normalization(score_cfg, good.xs, fixed_size)
+    if modes[1] is None and score_cfg.image_terms != score_cfg.map_terms:
+        modes = (modes[0], modes[0])  # the image score's maps need statistics of their own
     counts, scores = np.zeros(metrics.N_BINS), []
     for stats, chosen in good.cross_fitted(*modes):
         for part in batches(list(chosen), batch_size, key=lambda i: good.xs[i].shape):
@@ -146,15 +148,19 @@ class _GoodMaps:
 
     def fit(self, mode: str, image_mode: str | None, chosen: np.ndarray) -> GoodStatistics:
         """Statistics of ``mode`` fitted on the images ``chosen``, with those of
-        ``image_mode`` for the image score (``None``: the heatmap's)."""
-        stats = self._fit(mode, chosen)
-        if mode in ("pixel", "structure"):  # what score.global_mix mixes the heatmap with
-            stats = dataclasses.replace(stats, overall=self._fit("global", chosen))
+        ``image_mode`` for the image score (``None``: the heatmap's). The image score's own
+        statistics are mixed with their global ones as the heatmap's are when they are of
+        the heatmap's mode (only the maps differ, ``score.image_map``), else not."""
+        score = self.detector.config.score
+        stats = self._fit(mode, chosen, score.map_terms, mixed=True)
         if image_mode is None:
             return stats
-        return dataclasses.replace(stats, image=self._fit(image_mode, chosen))
+        image = self._fit(image_mode, chosen, score.image_terms, mixed=image_mode == mode)
+        return dataclasses.replace(stats, image=image)
 
-    def _fit(self, mode: str, chosen: np.ndarray) -> GoodStatistics:
+    def _fit(self, mode: str, chosen: np.ndarray, terms, mixed: bool) -> GoodStatistics:
+        """Statistics of the maps ``terms`` (with, when ``mixed``, the global statistics
+        that ``score.global_mix`` mixes a pixel or structure map with)."""
         d = self.detector
         guides = None
         if mode == "structure":
@@ -163,8 +169,15 @@ class _GoodMaps:
                     self.xs, self.recons, d.sigma, d.config.score.structure_guide
                 )
             guides = [self._guides[i] for i in chosen]
-        maps = [self.maps[i] for i in chosen]
-        return fit_statistics(mode, maps, guides, d.sigma, d.config.score.std_floor)
+        channels = [d.config.score.all_terms.index(t) for t in terms]
+        maps = [self.maps[i][..., channels] for i in chosen]
+        floor = d.config.score.std_floor
+        stats = fit_statistics(mode, maps, guides, d.sigma, floor)
+        if mixed and mode in ("pixel", "structure"):
+            stats = dataclasses.replace(
+                stats, overall=fit_statistics("global", maps, None, 0, floor)
+            )
+        return stats
 
     def cross_fitted(
         self, mode: str, image_mode: str | None

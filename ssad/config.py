@@ -205,7 +205,7 @@ class TrainConfig:
         return self.early_stopping_patience
 
 
-MAP_TERMS = ("squared", "msgms")
+MAP_TERMS = ("squared", "msgms", "sqrt")
 NORMALIZE_MODES = ("none", "global", "pixel", "structure", "auto")
 IMAGE_NORMALIZE_MODES = ("same", *NORMALIZE_MODES)
 IMAGE_SCORES = ("max", "mean_max", "topk_mean")
@@ -228,6 +228,12 @@ class ScoreConfig:
     # with lambda 0.9, msgms raised pixel AUROC and AUPRO of the tire and the bottle on every
     # seed (docs/scoring.md). Scoring the raw map (normalize "none") needs map "squared".
     map: str = "squared+msgms"
+    # The error maps the image score is taken from: "same" (those of the heatmap) or
+    # "+"-joined terms as above, normalised by statistics of their own. "sqrt": the squared
+    # error of the square roots of the intensities (a variance-stabilising transform: a
+    # camera's noise grows with brightness, so specular highlights weigh less and dark
+    # regions more).
+    image_map: str = "same"
     # Good-image statistics the map is normalised by, (error - mean) / std: "structure" (mean
     # and std conditioned on the local gradient energy), "pixel" (per-pixel maps, for
     # aligned objects), "global" (one mean and std), "none", or "auto" (pixel for object-like
@@ -259,23 +265,38 @@ class ScoreConfig:
 
     @property
     def map_terms(self) -> tuple[str, ...]:
+        """The heatmap's error maps."""
         return tuple(self.map.split("+"))
+
+    @property
+    def image_terms(self) -> tuple[str, ...]:
+        """The image score's error maps."""
+        return self.map_terms if self.image_map == "same" else tuple(self.image_map.split("+"))
+
+    @property
+    def all_terms(self) -> tuple[str, ...]:
+        """Every error map computed: the heatmap's, then the image score's other ones."""
+        return self.map_terms + tuple(t for t in self.image_terms if t not in self.map_terms)
 
     def __post_init__(self):
         _check(self.sigma >= 0, f"score.sigma must be >= 0, got {self.sigma}")
-        terms = self.map.split("+")
-        _check(
-            all(t in MAP_TERMS for t in terms) and len(set(terms)) == len(terms),
-            f"score.map {self.map!r}: '+'-joined terms of {', '.join(MAP_TERMS)}",
-        )
+        for key in ("map", "image_map"):
+            terms = getattr(self, key).split("+")
+            _check(
+                (key == "image_map" and terms == ["same"])
+                or (all(t in MAP_TERMS for t in terms) and len(set(terms)) == len(terms)),
+                f"score.{key} {getattr(self, key)!r}: '+'-joined terms of {', '.join(MAP_TERMS)}"
+                + (" or same" if key == "image_map" else ""),
+            )
+        terms = self.map_terms
         _check(self.normalize in NORMALIZE_MODES, f"score.normalize {self.normalize!r}")
         _check(
             self.image_normalize in IMAGE_NORMALIZE_MODES,
             f"score.image_normalize {self.image_normalize!r}",
         )
-        for key in ("normalize", "image_normalize"):
+        for key, n in (("normalize", len(terms)), ("image_normalize", len(self.image_terms))):
             _check(
-                len(terms) == 1 or getattr(self, key) != "none",
+                n == 1 or getattr(self, key) != "none",
                 f"score.map with several terms needs score.{key} other than none "
                 "(set score.map=squared to score the raw error)",
             )

@@ -32,6 +32,7 @@ from ssad.files import atomic_path, atomic_write_bytes, atomic_write_text
 # Scoring options a config.json of an earlier ssad lacks, and what that ssad did instead.
 EARLIER_SCORING = {
     "score.map": "squared",
+    "score.image_map": "same",
     "score.image": "max",
     "score.image_normalize": "same",
     "score.structure_guide": "input",

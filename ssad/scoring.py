@@ -260,6 +260,7 @@ _PREWITT_X = np.array([[1.0, 0.0, -1.0]] * 3, np.float32) / 3.0
 _PREWITT = np.stack([_PREWITT_X, _PREWITT_X.T], axis=-1)[:, :, None, :]
 MSGMS_SCALES = 4  # image scales 1, 1/2, 1/4, 1/8
 MSGMS_C = 0.0026  # RIAD's stabilising constant, for values in [0, 1]
+SQRT_OFFSET = 1e-4  # added to intensities before the square root of the "sqrt" map
 
 
 def _gray(images: tf.Tensor) -> tf.Tensor:
@@ -288,11 +289,17 @@ def msgms_map(recon: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
     return 1.0 - total[..., 0] / MSGMS_SCALES
 
 
+def _root(images: tf.Tensor) -> tf.Tensor:
+    """Square roots of intensities, with a small offset (a finite gradient at 0)."""
+    return tf.sqrt(tf.maximum(images, 0.0) + SQRT_OFFSET)
+
+
 def error_maps(recon: tf.Tensor, images: tf.Tensor, terms: tuple[str, ...]) -> tf.Tensor:
     """The raw (unsmoothed) error maps named by ``terms``, stacked ``[b, h, w, m]``."""
     makers = {
         "squared": lambda: tf.reduce_mean(tf.square(recon - images), axis=-1),
         "msgms": lambda: msgms_map(recon, images),
+        "sqrt": lambda: tf.reduce_mean(tf.square(_root(recon) - _root(images)), axis=-1),
     }
     return tf.stack([makers[t]() for t in terms], axis=-1)
 
@@ -347,11 +354,11 @@ def raw_maps(model, x: tf.Tensor, score, sigma: float, dtype: str = "float32"):
     for forward, inverse in transforms:
         xt = forward(x)
         rt = reconstruct(model, xt, dtype, score.tile)
-        total += inverse(error_maps(rt, xt, score.map_terms))
+        total += inverse(error_maps(rt, xt, score.all_terms))
         if recon is None:
             recon = rt  # the identity transform comes first
     maps = gaussian_smooth(total / len(transforms), sigma)
-    return tf.ensure_shape(maps, [None, None, None, len(score.map_terms)]), recon
+    return tf.ensure_shape(maps, [None, None, None, len(score.all_terms)]), recon
 
 
 # -- image score ----------------------------------------------------------------------------------
@@ -426,11 +433,31 @@ def normalized_heatmap(maps: tf.Tensor, x, recon, statistics, sigma: float, scor
 
 
 def heatmap_and_score(maps, x, recon, statistics, sigma: float, score, k_px: int):
-    """``(heatmap [b, h, w], image score [b])`` at the working geometry from raw maps: the
-    score is taken from the map normalised by ``statistics.image`` (the heatmap when the
-    image score has no statistics of its own)."""
-    heat = normalized_heatmap(maps, x, recon, statistics, sigma, score)
-    if statistics is not None and statistics.image is not None:
-        own = normalized_heatmap(maps, x, recon, statistics.image, sigma, score)
-        return heat, image_score(own, score, k_px)
-    return heat, image_score(heat, score, k_px)
+    """``(heatmap [b, h, w], image score [b])`` at the working geometry from the raw maps of
+    ``score.all_terms``: the heatmap from those of ``score.map``, the score from those of
+    ``score.image_map`` normalised by ``statistics.image`` (the heatmap when the image score
+    has neither maps nor statistics of its own)."""
+    heat_maps = _terms(maps, score.map_terms, score)
+    heat = normalized_heatmap(heat_maps, x, recon, statistics, sigma, score)
+    own_maps = score.image_terms != score.map_terms
+    if statistics is not None and statistics.image is None:
+        if own_maps:
+            raise ValueError(
+                "the good-image statistics lack the image score's own ones (score.image_map); "
+                "recalibrate the run"
+            )
+        return heat, image_score(heat, score, k_px)
+    if statistics is None and not own_maps:
+        return heat, image_score(heat, score, k_px)
+    image_stats = None if statistics is None else statistics.image
+    own = normalized_heatmap(
+        _terms(maps, score.image_terms, score), x, recon, image_stats, sigma, score
+    )
+    return heat, image_score(own, score, k_px)
+
+
+def _terms(maps: tf.Tensor, terms: tuple[str, ...], score) -> tf.Tensor:
+    """The channels of ``terms`` in maps ``[b, h, w, m]`` of ``score.all_terms``."""
+    if terms == score.all_terms:
+        return maps
+    return tf.gather(maps, [score.all_terms.index(t) for t in terms], axis=-1)

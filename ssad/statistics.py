@@ -111,31 +111,30 @@ class GoodStatistics:
     _NESTED = ("image", "overall")
 
     def to_bytes(self) -> bytes:
-        arrays = {key: np.asarray(getattr(self, key)) for key in self._FIELDS}
+        buffer = io.BytesIO()
+        np.savez(buffer, **self._arrays(""))
+        return buffer.getvalue()
+
+    def _arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The arrays of these statistics and of the nested ones, under ``prefix``."""
+        arrays = {prefix + key: np.asarray(getattr(self, key)) for key in self._FIELDS}
         for name in self._NESTED:
             if (nested := getattr(self, name)) is not None:
-                arrays |= {
-                    f"{name}_{key}": np.asarray(getattr(nested, key)) for key in self._FIELDS
-                }
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return buffer.getvalue()
+                arrays |= nested._arrays(f"{prefix}{name}_")
+        return arrays
 
     @staticmethod
     def from_bytes(data: bytes, where: str = "statistics") -> GoodStatistics:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as f:
-                stats = _read(f, "", where)
-                for name in GoodStatistics._NESTED:
-                    if f"{name}_mode" in f.files:
-                        stats = dataclasses.replace(stats, **{name: _read(f, f"{name}_", where)})
+                return _read(f, "", where)
         except (OSError, EOFError, KeyError, ValueError) as e:
             raise RunDirError(f"{where}: unreadable good-image statistics ({e})") from None
-        return stats
 
 
 def _read(f, prefix: str, where: str) -> GoodStatistics:
-    """The statistics stored under ``prefix`` in the open ``.npz`` ``f``."""
+    """The statistics stored under ``prefix`` in the open ``.npz`` ``f``, with the nested
+    ones."""
     mode = str(f[prefix + "mode"])
     if mode == "structure" and prefix + "quantiles" not in f.files:
         raise OutdatedStatisticsError(
@@ -151,6 +150,9 @@ def _read(f, prefix: str, where: str) -> GoodStatistics:
     )
     if stats.mode not in MODES or stats.mean.shape != stats.std.shape:
         raise RunDirError(f"{where}: unreadable good-image statistics (mode {stats.mode!r})")
+    for name in GoodStatistics._NESTED:
+        if f"{prefix}{name}_mode" in f.files:
+            stats = dataclasses.replace(stats, **{name: _read(f, f"{prefix}{name}_", where)})
     return stats
 
 

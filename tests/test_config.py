@@ -96,8 +96,15 @@ def test_score_options_are_checked():
         ("score.tta", "rotations", "score.tta"),
         ("score.structure_guide", "output", "input, reconstruction, mean"),
         ("score.image_k", 0, "image_k"),
+        ("score.image_map", "sqrt+same", "score.image_map"),
+        ("score.image_map", "ssim", "score.image_map"),
     ):
         with pytest.raises(ConfigError, match=message):
             Config().override({key: value})
     with pytest.raises(ConfigError, match="several terms"):
         Config().override({"score.map": "squared+msgms", "score.normalize": "none"})
+    with pytest.raises(ConfigError, match="several terms needs score.image_normalize"):
+        Config().override({"score.image_map": "sqrt+msgms", "score.image_normalize": "none"})
+    own = Config().override({"score.map": "msgms+squared", "score.image_map": "sqrt+msgms"}).score
+    assert (own.map_terms, own.image_terms) == (("msgms", "squared"), ("sqrt", "msgms"))
+    assert own.all_terms == ("msgms", "squared", "sqrt")  # each map computed once

@@ -182,6 +182,39 @@ def test_image_score_normalised_on_its_own(detector, tmp_path):
         Detector(detector.model, native, calibration, statistics).maps(images[:1, :40, :48])
 
 
+@pytest.mark.parametrize("image_normalize", ["same", "pixel"])
+def test_image_score_from_maps_of_its_own(detector, image_normalize):
+    """score.image_map: the heatmap and pixel threshold of the default maps, the scores and
+    image threshold of a detector that uses the image score's maps for everything (with the
+    heatmap's mode, mixed like the heatmap; with a mode of its own, not mixed)."""
+    rng = np.random.default_rng(7)
+    images = rng.random((6, 64, 64, 3)).astype(np.float32)
+    settings = {"score.normalize": "structure", "score.image_normalize": image_normalize}
+    both = detector.config.override({**settings, "score.image_map": "sqrt+msgms"})
+    assert both.score.all_terms == ("squared", "msgms", "sqrt")
+    calibration, statistics = calibrate_on_good(Detector(detector.model, both), images, 4)
+    own_mode = "structure" if image_normalize == "same" else "pixel"
+    assert calibration.image_normalize == statistics.image.mode == own_mode
+    assert (statistics.image.overall is not None) == (image_normalize == "same")
+    assert statistics.image.mean.shape[-1] == statistics.mean.shape[-1] == 2
+    heat_only = detector.config.override({**settings, "score.image_normalize": "same"})
+    image_only = detector.config.override(
+        {"score.map": "sqrt+msgms", "score.normalize": own_mode, "score.image_normalize": "same"}
+        | ({} if image_normalize == "same" else {"score.global_mix": 0.0})
+    )
+    alone = []
+    for cfg in (heat_only, image_only):
+        cal, stats = calibrate_on_good(Detector(detector.model, cfg), images, 4)
+        alone.append((cal, Detector(detector.model, cfg, cal, stats).maps(images)))
+    heatmap, score = Detector(detector.model, both, calibration, statistics).maps(images)
+    np.testing.assert_allclose(heatmap, alone[0][1][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(score, alone[1][1][1], rtol=1e-5, atol=1e-5)
+    assert calibration.pixel_threshold == pytest.approx(alone[0][0].pixel_threshold)
+    assert calibration.image_threshold == pytest.approx(alone[1][0].image_threshold, rel=1e-5)
+    with pytest.raises(ValueError, match="lack the image score's own"):  # stale statistics
+        Detector(detector.model, both, calibration, replace(statistics, image=None)).maps(images)
+
+
 def test_auto_image_normalisation_is_pixel_for_objects_only(detector):
     from test_inspection import discs
 
@@ -210,12 +243,13 @@ def test_auto_image_normalisation_is_pixel_for_objects_only(detector):
 
 def test_a_run_of_an_earlier_ssad_scores_as_that_ssad_did(run_dir, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
-    for key in ("image_normalize", "structure_guide", "global_mix"):
+    for key in ("image_normalize", "structure_guide", "global_mix", "image_map"):
         del config["score"][key]
     shutil.copytree(run_dir, tmp_path / "old")
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     old = RunDir(tmp_path / "old").read_config().score
     assert (old.image_normalize, old.structure_guide, old.global_mix) == ("same", "input", 0)
+    assert old.image_map == "same" and old.image_terms == old.map_terms
     new = RunDir(run_dir).read_config().score
     assert (new.image_normalize, new.structure_guide, new.global_mix) == ("auto", "mean", 0.5)
 

@@ -332,6 +332,11 @@ def test_serving_doc_tfsmlayer_reload(doc_cwd, want_part, capsys):
             "score.tta": "flips",
         },
         {"score.normalize": "global", "score.map": "msgms", "score.tta": "dihedral"},
+        {
+            "score.normalize": "structure",
+            "score.image_normalize": "same",
+            "score.image_map": "sqrt+msgms",
+        },
     ],
 )
 def test_export_matches_detector_with_every_scoring_option(score, tmp_path):
@@ -343,7 +348,9 @@ def test_export_matches_detector_with_every_scoring_option(score, tmp_path):
     detector = Detector.load(run)
     assert detector.statistics.mode == score["score.normalize"]
     image_mode = score.get("score.image_normalize", "auto")  # auto: pixel (object-like images)
-    assert detector.statistics.for_image.mode == {"auto": "pixel"}.get(image_mode, image_mode)
+    same = score["score.normalize"]  # own statistics of the heatmap's mode (score.image_map)
+    want_mode = {"auto": "pixel", "same": same}.get(image_mode, image_mode)
+    assert detector.statistics.for_image.mode == want_mode
     images = np.stack([_image(40, 56, 1), _image(40, 56, 2)[::-1]])
     want = detector.predict(images)
     served = tf.saved_model.load(str(export(run, tmp_path / "export")))

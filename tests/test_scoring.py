@@ -35,6 +35,18 @@ def test_squared_error_map_and_msgms():
     assert maps[..., 1].mean() > 0.01
 
 
+def test_sqrt_map_is_the_squared_error_of_square_roots():
+    a, b = _images(), _images(seed=1)
+    maps = error_maps(tf.constant(a), tf.constant(b), ("sqrt",)).numpy()[..., 0]
+    np.testing.assert_allclose(
+        maps, np.mean((np.sqrt(a + 1e-4) - np.sqrt(b + 1e-4)) ** 2, -1), rtol=1e-4
+    )
+    # the same difference weighs ~9 times less at intensity 0.9 than at 0.1 (variance-stabilised)
+    dark, bright = np.full((1, 4, 4, 3), 0.1, np.float32), np.full((1, 4, 4, 3), 0.9, np.float32)
+    d = lambda x: error_maps(tf.constant(x + 0.01), tf.constant(x), ("sqrt",)).numpy().mean()  # noqa: E731
+    assert d(dark) / d(bright) == pytest.approx(9.0, rel=0.05)
+
+
 def test_msgms_sees_a_structural_change_that_keeps_the_brightness():
     image = _images(n=1)
     changed = image.copy()

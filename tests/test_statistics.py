@@ -102,6 +102,22 @@ def test_overall_statistics_travel_with_the_heatmap_statistics():
         np.testing.assert_array_equal(getattr(again.overall, name), getattr(overall, name))
 
 
+def test_nested_statistics_keep_their_own_nested_ones():
+    """An image score with maps of its own (score.image_map) is mixed like the heatmap: its
+    statistics carry global ones too."""
+    maps = _maps(n=4)
+    image = dataclasses.replace(
+        fit_statistics("pixel", maps), overall=fit_statistics("global", maps[:2])
+    )
+    stats = dataclasses.replace(
+        fit_statistics("structure", maps, [m[..., :1] for m in maps]), image=image
+    )
+    again = GoodStatistics.from_bytes(stats.to_bytes())
+    assert again.overall is None and again.image.overall.mode == "global"
+    np.testing.assert_array_equal(again.image.overall.mean, image.overall.mean)
+    np.testing.assert_array_equal(again.image.mean, image.mean)
+
+
 def test_none_is_the_identity():
     maps = _maps(n=2)
     stats = fit_statistics("none", maps)
