@@ -148,19 +148,16 @@ class _GoodMaps:
 
     def fit(self, mode: str, image_mode: str | None, chosen: np.ndarray) -> GoodStatistics:
         """Statistics of ``mode`` fitted on the images ``chosen``, with those of
-        ``image_mode`` for the image score (``None``: the heatmap's). The image score's own
-        statistics are mixed with their global ones as the heatmap's are when they are of
-        the heatmap's mode (only the maps differ, ``score.image_map``), else not."""
+        ``image_mode`` for the image score (``None``: the heatmap's)."""
         score = self.detector.config.score
-        stats = self._fit(mode, chosen, score.map_terms, mixed=True)
+        stats = self._fit(mode, chosen, score.map_terms)
         if image_mode is None:
             return stats
-        image = self._fit(image_mode, chosen, score.image_terms, mixed=image_mode == mode)
-        return dataclasses.replace(stats, image=image)
+        return dataclasses.replace(stats, image=self._fit(image_mode, chosen, score.image_terms))
 
-    def _fit(self, mode: str, chosen: np.ndarray, terms, mixed: bool) -> GoodStatistics:
-        """Statistics of the maps ``terms`` (with, when ``mixed``, the global statistics
-        that ``score.global_mix`` mixes a pixel or structure map with)."""
+    def _fit(self, mode: str, chosen: np.ndarray, terms) -> GoodStatistics:
+        """Statistics of the maps ``terms``, with the global statistics that
+        ``score.global_mix`` mixes a pixel or structure map with."""
         d = self.detector
         guides = None
         if mode == "structure":
@@ -173,10 +170,9 @@ class _GoodMaps:
         maps = [self.maps[i][..., channels] for i in chosen]
         floor = d.config.score.std_floor
         stats = fit_statistics(mode, maps, guides, d.sigma, floor)
-        if mixed and mode in ("pixel", "structure"):
-            stats = dataclasses.replace(
-                stats, overall=fit_statistics("global", maps, None, 0, floor)
-            )
+        if mode in ("pixel", "structure"):
+            overall = fit_statistics("global", maps, None, 0, floor)
+            stats = dataclasses.replace(stats, overall=overall)
         return stats
 
     def cross_fitted(

@@ -4,8 +4,8 @@
 ``ssad.scoring.anomaly_maps`` (the graph the export serves too): the error maps of
 ``score.map`` at the working geometry, smoothed with sigma ``score.sigma * data.resolution /
 256`` pixels, normalised by the good-image statistics (``ssad.statistics``), at each input's own
-size; the image score follows ``score.image`` on the map normalised as
-``score.image_normalize`` says. A pixel is anomalous when heatmap >= ``pixel_threshold``, an
+size; the image score follows ``score.image`` on the maps of ``score.image_map`` normalised
+as ``score.image_normalize`` says. A pixel is anomalous when heatmap >= ``pixel_threshold``, an
 image when score >= ``image_threshold`` (``ssad.run.Calibration``, made by
 ``ssad.calibration``). ``Detector.load(run, score_overrides=...)`` rescores a trained run
 with other ``score.*`` settings, recalibrating on its held-out images. ``Ensemble`` averages

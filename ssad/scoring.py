@@ -6,13 +6,15 @@ heatmap at the input's size, the image score and the reconstruction:
 1. resize to the working geometry (``ssad.data.geometry``), pad to a multiple of 8
    (symmetric), run the autoencoder (``reconstruct``: whole, or in overlapping tiles when a
    side exceeds ``score.tile``), for each test-time augmentation (``score.tta``) of the input;
-2. ``error_maps``: the raw error maps of ``score.map`` (squared error, 1 - MSGMS), averaged
-   over the augmentations and Gaussian-smoothed;
-3. normalise them by the good-image statistics (``ssad.statistics``) and average the terms;
+2. ``error_maps``: the raw error maps of ``score.map`` and ``score.image_map`` (squared
+   error, 1 - MSGMS, squared error of square roots), averaged over the augmentations and
+   Gaussian-smoothed;
+3. normalise the heatmap's maps by the good-image statistics (``ssad.statistics``) and
+   average the terms;
 4. ``image_score``: the maximum, the maximum of the k x k box mean or the mean of the top
-   k*k pixels of the map normalised for the image score (``score.image_normalize``: the
-   heatmap, or the maps normalised by the image score's own statistics); resize the heatmap
-   back to the input's size.
+   k*k pixels of the map normalised for the image score (the heatmap, or the maps of
+   ``score.image_map`` normalised by the image score's own statistics,
+   ``score.image_normalize``); resize the heatmap back to the input's size.
 
 Pure TensorFlow, so the same function runs eagerly, in ``tf.function`` and in the export.
 
@@ -435,24 +437,19 @@ def normalized_heatmap(maps: tf.Tensor, x, recon, statistics, sigma: float, scor
 def heatmap_and_score(maps, x, recon, statistics, sigma: float, score, k_px: int):
     """``(heatmap [b, h, w], image score [b])`` at the working geometry from the raw maps of
     ``score.all_terms``: the heatmap from those of ``score.map``, the score from those of
-    ``score.image_map`` normalised by ``statistics.image`` (the heatmap when the image score
-    has neither maps nor statistics of its own)."""
+    ``score.image_map`` normalised by ``statistics.image``, or from the heatmap when the image
+    score has no statistics of its own (raw maps: no statistics at all)."""
     heat_maps = _terms(maps, score.map_terms, score)
     heat = normalized_heatmap(heat_maps, x, recon, statistics, sigma, score)
-    own_maps = score.image_terms != score.map_terms
-    if statistics is not None and statistics.image is None:
-        if own_maps:
+    if statistics is None or statistics.image is None:
+        if statistics is not None and score.image_terms != score.map_terms:
             raise ValueError(
                 "the good-image statistics lack the image score's own ones (score.image_map); "
                 "recalibrate the run"
             )
         return heat, image_score(heat, score, k_px)
-    if statistics is None and not own_maps:
-        return heat, image_score(heat, score, k_px)
-    image_stats = None if statistics is None else statistics.image
-    own = normalized_heatmap(
-        _terms(maps, score.image_terms, score), x, recon, image_stats, sigma, score
-    )
+    own = _terms(maps, score.image_terms, score)
+    own = normalized_heatmap(own, x, recon, statistics.image, sigma, score)
     return heat, image_score(own, score, k_px)
 
 

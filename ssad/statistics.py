@@ -21,9 +21,10 @@ place" (or "for this kind of structure") is what the heatmap shows:
 A ``pixel`` or ``structure`` heatmap is mixed with the globally normalised map
 (``score.global_mix``, ``GoodStatistics.overall``): how unusual an error is for its place or
 structure, and how large it is among all good pixels. The image score may be normalised
-otherwise than the heatmap (``score.image_normalize``): ``GoodStatistics.image`` then holds
-its statistics. Per-pixel statistics rank whole images of an aligned object best, statistics
-by structure give the better heatmap (``docs/scoring.md``).
+otherwise than the heatmap (``score.image_normalize``) or taken from other error maps
+(``score.image_map``): ``GoodStatistics.image`` then holds its statistics (mixed alike).
+Per-pixel statistics rank whole images of an aligned object best, statistics by structure
+give the better heatmap (``docs/scoring.md``).
 
 Few images give noisy per-pixel spreads, and a quiet region (a dark background) has a tiny
 one: the std is smoothed and floored at ``floor`` times its mean over all positions
@@ -57,9 +58,9 @@ class GoodStatistics:
     (structure, with ``quantiles`` ``[g, bins + 1]``: the increasing values of each of the
     ``g`` guide channels at quantile levels 0, 1/bins, ..., 1; cells are the row-major
     combinations of one bin per channel). ``image``: the statistics of the image score when
-    it is normalised otherwise than the heatmap (``None``: these). ``overall``: the global
-    statistics of the same maps, which a ``pixel`` or ``structure`` heatmap is mixed with
-    (``score.global_mix``; ``None``: not fitted).
+    it is normalised otherwise than the heatmap or from other maps (``None``: these).
+    ``overall``: the global statistics of the same maps, which a ``pixel`` or ``structure``
+    map is mixed with (``score.global_mix``; ``None``: not fitted).
     """
 
     mode: str

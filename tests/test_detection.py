@@ -119,7 +119,9 @@ def test_calibrate_on_good_takes_quantiles(detector, tmp_path):
 def test_pixel_calibration_is_cross_fitted_on_good_images(detector):
     rng = np.random.default_rng(5)
     images = rng.random((6, 64, 64, 3)).astype(np.float32)
-    cfg = detector.config.override({"score.normalize": "pixel", "score.global_mix": 0.0})
+    cfg = detector.config.override(
+        {"score.normalize": "pixel", "score.global_mix": 0.0, "score.image_map": "same"}
+    )
     calibration, statistics = calibrate_on_good(Detector(detector.model, cfg), images, 4)
     assert calibration.normalize == "pixel" and statistics.shape == (64, 64)
     plain = Detector(detector.model, cfg)
@@ -149,22 +151,24 @@ def test_pixel_calibration_is_cross_fitted_on_good_images(detector):
 
 def test_image_score_normalised_on_its_own(detector, tmp_path):
     """score.image_normalize=pixel beside a structure heatmap: the heatmap and pixel threshold
-    of a structure-only detector, the scores and image threshold of a pixel-only one (whose
-    heatmap is not mixed with the global map: the image score's own normalisation is not)."""
+    of a structure-only detector, the scores and image threshold of a pixel-only one (both
+    mixed with their global normalisation)."""
     rng = np.random.default_rng(6)
     images = rng.random((6, 64, 64, 3)).astype(np.float32)
     both = detector.config.override(
-        {"score.normalize": "structure", "score.image_normalize": "pixel"}
+        {
+            "score.normalize": "structure",
+            "score.image_normalize": "pixel",
+            "score.image_map": "same",
+        }
     )
     calibration, statistics = calibrate_on_good(Detector(detector.model, both), images, 4)
     assert (calibration.normalize, calibration.image_normalize) == ("structure", "pixel")
     assert statistics.mode == "structure" and statistics.image.mode == "pixel"
     alone = {}
+    assert statistics.image.overall is not None and both.score.global_mix == 0.5
     for mode in ("structure", "pixel"):
-        mix = both.score.global_mix if mode == "structure" else 0.0
-        cfg = both.override(
-            {"score.normalize": mode, "score.image_normalize": "same", "score.global_mix": mix}
-        )
+        cfg = both.override({"score.normalize": mode, "score.image_normalize": "same"})
         cal, stats = calibrate_on_good(Detector(detector.model, cfg), images, 4)
         assert cal.image_normalize is None and stats.image is None
         alone[mode] = cal, Detector(detector.model, cfg, cal, stats).maps(images)
@@ -185,8 +189,7 @@ def test_image_score_normalised_on_its_own(detector, tmp_path):
 @pytest.mark.parametrize("image_normalize", ["same", "pixel"])
 def test_image_score_from_maps_of_its_own(detector, image_normalize):
     """score.image_map: the heatmap and pixel threshold of the default maps, the scores and
-    image threshold of a detector that uses the image score's maps for everything (with the
-    heatmap's mode, mixed like the heatmap; with a mode of its own, not mixed)."""
+    image threshold of a detector that uses the image score's maps for everything."""
     rng = np.random.default_rng(7)
     images = rng.random((6, 64, 64, 3)).astype(np.float32)
     settings = {"score.normalize": "structure", "score.image_normalize": image_normalize}
@@ -195,12 +198,11 @@ def test_image_score_from_maps_of_its_own(detector, image_normalize):
     calibration, statistics = calibrate_on_good(Detector(detector.model, both), images, 4)
     own_mode = "structure" if image_normalize == "same" else "pixel"
     assert calibration.image_normalize == statistics.image.mode == own_mode
-    assert (statistics.image.overall is not None) == (image_normalize == "same")
+    assert statistics.image.overall is not None  # mixed like the heatmap
     assert statistics.image.mean.shape[-1] == statistics.mean.shape[-1] == 2
     heat_only = detector.config.override({**settings, "score.image_normalize": "same"})
     image_only = detector.config.override(
         {"score.map": "sqrt+msgms", "score.normalize": own_mode, "score.image_normalize": "same"}
-        | ({} if image_normalize == "same" else {"score.global_mix": 0.0})
     )
     alone = []
     for cfg in (heat_only, image_only):

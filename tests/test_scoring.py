@@ -146,7 +146,9 @@ def test_global_mix_blends_the_normalised_map_with_its_global_normalisation(tmp_
     """score.global_mix: (1 - a) * structure-normalised + a * globally normalised heatmap,
     with both statistics from the same good images."""
     detector = Detector.load(make_run_dir(tmp_path / "run"))
-    cfg = detector.config.override({"score.normalize": "structure", "score.global_mix": mix})
+    cfg = detector.config.override(
+        {"score.normalize": "structure", "score.global_mix": mix, "score.image_map": "same"}
+    )
     plain = Detector(detector.model, cfg)
     h, w = plain.working_size(48, 48)
     images = _images(n=4, h=h, w=w, seed=5)
