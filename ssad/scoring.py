@@ -417,17 +417,14 @@ def anomaly_maps(
     return heat, image, recon
 
 
-def normalized_heatmap(maps: tf.Tensor, x, recon, statistics, sigma: float, score) -> tf.Tensor:
-    """Raw maps ``[b, h, w, m]`` of working-resolution images ``x`` (reconstructed as
-    ``recon``) normalised by ``statistics``, mixed with their global normalisation as
+def normalized_heatmap(maps: tf.Tensor, statistics, guide, score) -> tf.Tensor:
+    """Raw maps ``[b, h, w, m]`` normalised by ``statistics`` (``guide``: the structure guide,
+    for ``structure`` statistics), mixed with their global normalisation as
     ``score.global_mix`` says (when ``statistics.overall`` holds it) and averaged over the
     terms: the heatmap ``[b, h, w]``."""
     if statistics is None:
         return tf.reduce_mean(maps, axis=-1)
-    guide = None
-    if statistics.mode == "structure":
-        guide = structure_guide(x, recon, sigma, score.structure_guide)
-    z = statistics.apply(maps, guide)
+    z = statistics.apply(maps, guide if statistics.mode == "structure" else None)
     if statistics.overall is not None and score.global_mix > 0:
         mix = score.global_mix
         z = (1.0 - mix) * z + mix * statistics.overall.apply(maps)
@@ -436,20 +433,23 @@ def normalized_heatmap(maps: tf.Tensor, x, recon, statistics, sigma: float, scor
 
 def heatmap_and_score(maps, x, recon, statistics, sigma: float, score, k_px: int):
     """``(heatmap [b, h, w], image score [b])`` at the working geometry from the raw maps of
-    ``score.all_terms``: the heatmap from those of ``score.map``, the score from those of
-    ``score.image_map`` normalised by ``statistics.image``, or from the heatmap when the image
-    score has no statistics of its own (raw maps: no statistics at all)."""
-    heat_maps = _terms(maps, score.map_terms, score)
-    heat = normalized_heatmap(heat_maps, x, recon, statistics, sigma, score)
-    if statistics is None or statistics.image is None:
+    ``score.all_terms`` of images ``x`` reconstructed as ``recon``: the heatmap from those of
+    ``score.map``, the score from those of ``score.image_map`` normalised by
+    ``statistics.image``, or from the heatmap when the image score has no statistics of its
+    own (raw maps: no statistics at all)."""
+    image_stats = None if statistics is None else statistics.image
+    guide = None
+    if any(s is not None and s.mode == "structure" for s in (statistics, image_stats)):
+        guide = structure_guide(x, recon, sigma, score.structure_guide)  # once for both
+    heat = normalized_heatmap(_terms(maps, score.map_terms, score), statistics, guide, score)
+    if image_stats is None:
         if statistics is not None and score.image_terms != score.map_terms:
             raise ValueError(
                 "the good-image statistics lack the image score's own ones (score.image_map); "
                 "recalibrate the run"
             )
         return heat, image_score(heat, score, k_px)
-    own = _terms(maps, score.image_terms, score)
-    own = normalized_heatmap(own, x, recon, statistics.image, sigma, score)
+    own = normalized_heatmap(_terms(maps, score.image_terms, score), image_stats, guide, score)
     return heat, image_score(own, score, k_px)
 
 
