@@ -296,11 +296,14 @@ class ScoreConfig:
             self.image_normalize in IMAGE_NORMALIZE_MODES,
             f"score.image_normalize {self.image_normalize!r}",
         )
-        for key, n in (("normalize", len(terms)), ("image_normalize", len(self.image_terms))):
+        for key, maps, n in (
+            ("normalize", "map", len(terms)),
+            ("image_normalize", "image_map", len(self.image_terms)),
+        ):
             _check(
                 n == 1 or getattr(self, key) != "none",
-                f"score.map with several terms needs score.{key} other than none "
-                "(set score.map=squared to score the raw error)",
+                f"score.{maps} with several terms needs score.{key} other than none "
+                f"(set score.{maps}=squared to score the raw error)",
             )
         _check(self.std_floor >= 0, f"score.std_floor must be >= 0, got {self.std_floor}")
         _check(self.image in IMAGE_SCORES, f"score.image {self.image!r}")

@@ -103,7 +103,7 @@ def test_score_options_are_checked():
             Config().override({key: value})
     with pytest.raises(ConfigError, match="several terms"):
         Config().override({"score.map": "squared+msgms", "score.normalize": "none"})
-    with pytest.raises(ConfigError, match="several terms needs score.image_normalize"):
+    with pytest.raises(ConfigError, match="image_map with several terms needs score.image_norm"):
         Config().override({"score.image_map": "sqrt+msgms", "score.image_normalize": "none"})
     own = Config().override({"score.map": "msgms+squared", "score.image_map": "sqrt+msgms"}).score
     assert (own.map_terms, own.image_terms) == (("msgms", "squared"), ("sqrt", "msgms"))
