@@ -290,14 +290,13 @@ class ScoreConfig:
                 f"score.{key} {getattr(self, key)!r}: '+'-joined terms of {', '.join(MAP_TERMS)}"
                 + (" or same" if key == "image_map" else ""),
             )
-        terms = self.map_terms
         _check(self.normalize in NORMALIZE_MODES, f"score.normalize {self.normalize!r}")
         _check(
             self.image_normalize in IMAGE_NORMALIZE_MODES,
             f"score.image_normalize {self.image_normalize!r}",
         )
         for key, maps, n in (
-            ("normalize", "map", len(terms)),
+            ("normalize", "map", len(self.map_terms)),
             ("image_normalize", "image_map", len(self.image_terms)),
         ):
             _check(
